@@ -1,0 +1,11 @@
+"""m1jax: MiniMax-M1 in JAX/Flax."""
+from m1jax.config import ModelConfig, lightning_slopes
+from m1jax.hf import from_pretrained
+from m1jax.losses import load_balancing_loss, next_token_loss
+from m1jax.model import CausalLMOutput, MiniMaxM1ForCausalLM, init_params
+from m1jax import ops
+
+__all__ = [
+    "CausalLMOutput", "MiniMaxM1ForCausalLM", "ModelConfig", "from_pretrained", "init_params",
+    "lightning_slopes", "load_balancing_loss", "next_token_loss", "ops",
+]

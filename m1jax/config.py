@@ -1,0 +1,277 @@
+"""ModelConfig: the frozen, validated description of a MiniMax-M1-style model.
+
+It mirrors `config.model` of an ml_collections config field by field, and can also be built
+from a Hugging Face `config.json` in either key dialect (SPEC.md §4.2):
+  * MiniMax's remote code (`model_type` "minimax_m1" / "minimax_text_01"): `attn_type_list`,
+    `rotary_dim`, `layernorm_*_alpha/beta`, `postnorm`;
+  * transformers' in-tree model (`model_type` "minimax"): `layer_types`, `rope_parameters`,
+    `*_alpha_factor/*_beta_factor`, `block_size`.
+Modules receive a ModelConfig and nothing else.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Any, Mapping
+
+# Attention type codes, as in the remote code's `attn_type_list`.
+LINEAR_ATTENTION = 0
+FULL_ATTENTION = 1
+_ATTN_TYPE_NAMES = {"linear_attention": LINEAR_ATTENTION, "full_attention": FULL_ATTENTION}
+
+REMOTE_MODEL_TYPES = ("minimax_m1", "minimax_text_01")
+IN_TREE_MODEL_TYPES = ("minimax",)
+MOE_IMPLS = ("ragged", "dense")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Hyper-parameters of the hybrid lightning/softmax MoE decoder.
+
+  Names follow the remote-code config.json where one exists; see SPEC.md §1 for the
+  released values.
+  """
+  vocab_size: int
+  hidden_size: int
+  num_hidden_layers: int
+  num_attention_heads: int
+  num_key_value_heads: int
+  head_dim: int
+  intermediate_size: int
+  num_local_experts: int
+  num_experts_per_tok: int
+  # One code per layer: 0 = lightning (linear) attention, 1 = softmax attention.
+  attn_type_list: tuple[int, ...]
+  # Partial NeoX RoPE: only the first `rotary_dim` dims of each softmax q/k head rotate.
+  rotary_dim: int
+  rope_theta: float = 10_000_000.0
+  max_position_embeddings: int = 10_240_000
+  # DeepNorm residual weights: out = alpha * h + beta * f(h) (SPEC.md §3.2).
+  layernorm_full_attention_alpha: float = 1.0
+  layernorm_full_attention_beta: float = 1.0
+  layernorm_linear_attention_alpha: float = 1.0
+  layernorm_linear_attention_beta: float = 1.0
+  layernorm_mlp_alpha: float = 1.0
+  layernorm_mlp_beta: float = 1.0
+  # True: the residual branch carries the normed input (the released weights). False: raw x.
+  postnorm: bool = True
+  rms_norm_eps: float = 1e-5
+  # The lightning output norm uses the remote code's class default, not rms_norm_eps.
+  lightning_norm_eps: float = 1e-6
+  # Chunk length of the chunked lightning operator; any value gives the same math.
+  block_size: int = 256
+  router_aux_loss_coef: float = 0.001
+  tie_word_embeddings: bool = False
+  initializer_range: float = 0.02
+  # --- implementation choices (not part of the checkpoint) ---
+  dtype: str = "float32"            # activations / matmul inputs
+  param_dtype: str = "float32"      # stored parameters (the router is always float32)
+  lm_head_fp32: bool = True         # LM head matmul in float32 (M1 report §3.2)
+  moe_impl: str = "ragged"          # "ragged" (sorted, jax.lax.ragged_dot) or "dense" (reference)
+  lightning_impl: str = "auto"      # forwarded to m1jax.ops.lightning_attention(impl=...)
+  scan_layers: bool = True          # nn.scan over the repeating layer group when periodic
+  remat: bool = False               # rematerialise each decoder layer in the backward pass
+
+  def __post_init__(self):
+    object.__setattr__(self, "attn_type_list", tuple(self.attn_type_list))
+    self.validate()
+
+  # ---------------------------------------------------------------- validation
+  def validate(self) -> None:
+    def fail(field: str, why: str):
+      raise ValueError(f"ModelConfig.{field}: {why}")
+
+    for field in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                  "num_key_value_heads", "head_dim", "intermediate_size",
+                  "num_local_experts", "num_experts_per_tok", "block_size"):
+      value = getattr(self, field)
+      if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        fail(field, f"must be a positive int, got {value!r}")
+    if len(self.attn_type_list) != self.num_hidden_layers:
+      fail("attn_type_list", f"has {len(self.attn_type_list)} entries but "
+           f"num_hidden_layers={self.num_hidden_layers}")
+    for i, code in enumerate(self.attn_type_list):
+      if code not in (LINEAR_ATTENTION, FULL_ATTENTION) or isinstance(code, bool):
+        fail(f"attn_type_list[{i}]", f"unknown attention type {code!r}; expected "
+             f"{LINEAR_ATTENTION} (linear) or {FULL_ATTENTION} (full/softmax)")
+    if self.num_attention_heads % self.num_key_value_heads:
+      fail("num_attention_heads", f"{self.num_attention_heads} is not divisible by "
+           f"num_key_value_heads={self.num_key_value_heads}")
+    if self.rotary_dim % 2 or not 0 < self.rotary_dim <= self.head_dim:
+      fail("rotary_dim", f"must be even and in (0, head_dim={self.head_dim}], "
+           f"got {self.rotary_dim}")
+    if self.num_experts_per_tok > self.num_local_experts:
+      fail("num_experts_per_tok", f"{self.num_experts_per_tok} exceeds "
+           f"num_local_experts={self.num_local_experts}")
+    if self.rope_theta <= 0:
+      fail("rope_theta", f"must be positive, got {self.rope_theta}")
+    for field in ("rms_norm_eps", "lightning_norm_eps"):
+      if not getattr(self, field) > 0:
+        fail(field, f"must be positive, got {getattr(self, field)}")
+    for field in ("dtype", "param_dtype"):
+      if getattr(self, field) not in DTYPES:
+        fail(field, f"unknown dtype {getattr(self, field)!r}; expected one of {DTYPES}")
+    if self.moe_impl not in MOE_IMPLS:
+      fail("moe_impl", f"unknown {self.moe_impl!r}; expected one of {MOE_IMPLS}")
+    if self.tie_word_embeddings:
+      fail("tie_word_embeddings", "MiniMax-M1 has an untied lm_head; tied embeddings are "
+           "not supported")
+
+  # ---------------------------------------------------------------- structure
+  @property
+  def layer_period(self) -> int:
+    """Smallest p dividing the depth such that attn_type_list repeats every p layers."""
+    types, n = self.attn_type_list, self.num_hidden_layers
+    for p in range(1, n + 1):
+      if n % p == 0 and all(types[i] == types[i % p] for i in range(n)):
+        return p
+    return n
+
+  @property
+  def is_scanned(self) -> bool:
+    """Scan over groups only when that actually repeats something."""
+    return self.scan_layers and self.num_hidden_layers // self.layer_period > 1
+
+  # ---------------------------------------------------------------- constructors
+  @classmethod
+  def from_dict(cls, values: Mapping[str, Any]) -> "ModelConfig":
+    """Builds from a plain mapping (e.g. `config.model.to_dict()`); unknown keys are errors."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+      raise ValueError(f"ModelConfig: unknown keys {unknown}")
+    missing = sorted(f.name for f in dataclasses.fields(cls)
+                     if f.default is dataclasses.MISSING and f.name not in values)
+    if missing:
+      raise ValueError(f"ModelConfig: missing required keys {missing}")
+    return cls(**dict(values))
+
+  @classmethod
+  def from_hf_dict(cls, hf: Mapping[str, Any], **overrides) -> "ModelConfig":
+    """Builds from a parsed HF config.json (remote or in-tree dialect)."""
+    return cls.from_dict({**hf_config_to_fields(hf), **overrides})
+
+  @classmethod
+  def from_hf_json(cls, path: str | os.PathLike, **overrides) -> "ModelConfig":
+    with open(path) as f:
+      return cls.from_hf_dict(json.load(f), **overrides)
+
+  def replace(self, **changes) -> "ModelConfig":
+    return dataclasses.replace(self, **changes)
+
+  def to_dict(self) -> dict[str, Any]:
+    d = dataclasses.asdict(self)
+    d["attn_type_list"] = list(self.attn_type_list)
+    return d
+
+
+# -------------------------------------------------------------------- HF dialects
+def _require(hf: Mapping[str, Any], key: str) -> Any:
+  if key not in hf or hf[key] is None:
+    raise ValueError(f"HF config: missing required key {key!r} "
+                     f"(model_type={hf.get('model_type')!r})")
+  return hf[key]
+
+
+def _rope_from_hf(hf: Mapping[str, Any], head_dim: int) -> tuple[float, int]:
+  """(rope_theta, rotary_dim) from either dialect."""
+  rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+  if rope.get("rope_type", "default") not in ("default", None):
+    raise ValueError(f"HF config: rope_parameters.rope_type={rope.get('rope_type')!r} "
+                     "is not supported; only 'default' RoPE")
+  # Both dialects' config classes default to 1e6 (Mixtral heritage).
+  theta = rope.get("rope_theta", hf.get("rope_theta", 1_000_000.0))
+  if hf.get("rotary_dim") is not None:
+    rotary_dim = int(hf["rotary_dim"])
+  else:
+    factor = rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
+    rotary_dim = int(round(head_dim * float(factor)))
+  return float(theta), rotary_dim
+
+
+def hf_config_to_fields(hf: Mapping[str, Any]) -> dict[str, Any]:
+  """Maps an HF config.json dict to ModelConfig fields (SPEC.md §1, §4.2)."""
+  model_type = hf.get("model_type")
+  if model_type not in REMOTE_MODEL_TYPES + IN_TREE_MODEL_TYPES:
+    raise ValueError(f"HF config: unknown model_type {model_type!r}; expected one of "
+                     f"{REMOTE_MODEL_TYPES + IN_TREE_MODEL_TYPES}")
+  hidden = int(_require(hf, "hidden_size"))
+  heads = int(_require(hf, "num_attention_heads"))
+  head_dim = int(hf.get("head_dim") or hidden // heads)
+  theta, rotary_dim = _rope_from_hf(hf, head_dim)
+  fields: dict[str, Any] = dict(
+      vocab_size=int(_require(hf, "vocab_size")),
+      hidden_size=hidden,
+      num_hidden_layers=int(_require(hf, "num_hidden_layers")),
+      num_attention_heads=heads,
+      num_key_value_heads=int(hf.get("num_key_value_heads") or heads),
+      head_dim=head_dim,
+      intermediate_size=int(_require(hf, "intermediate_size")),
+      num_local_experts=int(_require(hf, "num_local_experts")),
+      num_experts_per_tok=int(_require(hf, "num_experts_per_tok")),
+      rotary_dim=rotary_dim,
+      rope_theta=theta,
+      max_position_embeddings=int(hf.get("max_position_embeddings") or 10_240_000),
+      rms_norm_eps=float(hf.get("rms_norm_eps", 1e-5)),
+      router_aux_loss_coef=float(hf.get("router_aux_loss_coef", 0.001)),
+      tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+      initializer_range=float(hf.get("initializer_range", 0.02)),
+  )
+  if hf.get("router_jitter_noise"):
+    raise ValueError(f"HF config: router_jitter_noise={hf['router_jitter_noise']} is not "
+                     "supported (MiniMax-M1 uses 0)")
+  if model_type in REMOTE_MODEL_TYPES:
+    if hf.get("shared_intermediate_size", 0):
+      raise ValueError("HF config: shared_intermediate_size="
+                       f"{hf['shared_intermediate_size']} (shared expert) is not supported; "
+                       "no released checkpoint uses it")
+    fields["attn_type_list"] = tuple(_require(hf, "attn_type_list"))
+    fields["postnorm"] = bool(hf.get("postnorm", False))
+    for kind in ("full_attention", "linear_attention", "mlp"):
+      for ab in ("alpha", "beta"):
+        key = f"layernorm_{kind}_{ab}"
+        fields[key] = float(hf.get(key, 1.0))
+  else:
+    layer_types = hf.get("layer_types")
+    if layer_types is None:  # the in-tree default: full attention at even indices
+      layer_types = ["full_attention" if i % 2 == 0 else "linear_attention"
+                     for i in range(fields["num_hidden_layers"])]
+    codes = []
+    for i, name in enumerate(layer_types):
+      if name not in _ATTN_TYPE_NAMES:
+        raise ValueError(f"HF config: layer_types[{i}]={name!r} is not one of "
+                         f"{sorted(_ATTN_TYPE_NAMES)}")
+      codes.append(_ATTN_TYPE_NAMES[name])
+    fields["attn_type_list"] = tuple(codes)
+    fields["postnorm"] = True  # hard-coded in the in-tree model
+    fields["block_size"] = int(hf.get("block_size", 256))
+    for ours, theirs in (("full_attention", "full_attn"), ("linear_attention", "linear_attn"),
+                         ("mlp", "mlp")):
+      for ab in ("alpha", "beta"):
+        fields[f"layernorm_{ours}_{ab}"] = float(hf.get(f"{theirs}_{ab}_factor", 1.0))
+  return fields
+
+
+def lightning_slopes(num_heads: int, num_layers: int) -> "list[list[float]]":
+  """Per-layer, per-head decay rates s_{l,h} (SPEC.md §3.3), as a [L][H] nested list.
+
+  s_h are the official ALiBi slopes (with the standard interpolation when H is not a power
+  of two) and the layer factor is 1 - l/(L-1) + 1e-5 over the GLOBAL layer index.
+  """
+  def power_of_two_slopes(n: int) -> list[float]:
+    start = 2.0 ** (-(2.0 ** -(math.log2(n) - 3)))
+    return [start * start**i for i in range(n)]
+
+  def alibi(n: int) -> list[float]:
+    if math.log2(n).is_integer():
+      return power_of_two_slopes(n)
+    p = 2 ** math.floor(math.log2(n))
+    return power_of_two_slopes(p) + alibi(2 * p)[0::2][: n - p]
+
+  base = alibi(num_heads)
+  # A one-layer model would divide by zero in the remote formula; treat it as layer 0.
+  denom = max(num_layers - 1, 1)
+  return [[s * (1.0 - layer / denom + 1e-5) for s in base] for layer in range(num_layers)]

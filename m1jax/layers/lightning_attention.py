@@ -1,0 +1,42 @@
+"""The lightning (linear) attention layer (SPEC.md §3.3).
+
+qkv = silu(h @ W_qkv) with a per-head interleaved [q|k|v] layout, the linear-attention
+operator with decay exp(-slope) per head, one RMSNorm over all H*D features (eps 1e-6), a
+sigmoid gate computed from the layer input, and out_proj. No RoPE, no 1/sqrt(D) scaling.
+"""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from m1jax import ops
+from m1jax.config import ModelConfig
+from m1jax.layers import params as P
+from m1jax.layers.norms import RMSNorm
+
+
+class LightningAttention(nn.Module):
+  """Lightning attention for one layer; `slope_H` is that layer's per-head decay rate."""
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, h_BTM: jax.Array, slope_H: jax.Array) -> jax.Array:
+    cfg = self.config
+    M, H, D = cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim
+    dtype, pdtype, init = P.compute_dtype(cfg), P.param_dtype(cfg), P.kernel_init(cfg)
+    # The kernel keeps the checkpoint's column order (head, {q,k,v}, dim) intact, so a tensor
+    # -parallel split over heads gives every shard whole heads.
+    w_qkv = P.logical_param(self, "qkv_proj", init, (M, H, 3 * D),
+                            (P.EMBED, P.HEADS, P.HEAD_DIM), pdtype)
+    w_gate = P.logical_param(self, "output_gate", init, (M, H, D),
+                             (P.EMBED, P.HEADS, P.HEAD_DIM), pdtype)
+    w_out = P.logical_param(self, "out_proj", init, (H, D, M), (P.HEADS, P.HEAD_DIM, P.EMBED),
+                            pdtype)
+    h = h_BTM.astype(dtype)
+    qkv_BTHX = jax.nn.silu(jnp.einsum("btm,mhx->bthx", h, w_qkv.astype(dtype)))
+    q, k, v = jnp.split(qkv_BTHX, 3, axis=-1)
+    o_BTHD, _ = ops.lightning_attention(q, k, v, slope_H, impl=cfg.lightning_impl,
+                                        block_size=cfg.block_size)
+    o_BTHD = RMSNorm(cfg.lightning_norm_eps, axes=(P.HEADS, P.HEAD_DIM), param_dtype=pdtype,
+                     name="norm")(o_BTHD)
+    gate_BTHD = jax.nn.sigmoid(jnp.einsum("btm,mhd->bthd", h, w_gate.astype(dtype)))
+    return jnp.einsum("bthd,hdm->btm", gate_BTHD * o_BTHD, w_out.astype(dtype))

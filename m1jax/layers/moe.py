@@ -1,0 +1,111 @@
+"""Sparse MoE block: float32 softmax router -> top-k -> renormalise; SwiGLU experts
+(SPEC.md §3.5).
+
+Two dispatch paths compute the same function:
+  * "ragged" (default): dropless; sort the N*k (token, expert) assignments by expert, run the
+    three expert matmuls as grouped matmuls with `jax.lax.ragged_dot`, unsort, combine;
+  * "dense": every expert on every token, then a one-hot-weighted sum. O(E) compute; the
+    readable reference the ragged path is tested against.
+The block also returns the per-layer sums the Switch load-balancing loss needs
+(m1jax.losses.load_balancing_loss), so the loss can be formed over all layers jointly, as
+the reference does, without materialising every layer's router logits.
+"""
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from m1jax.config import ModelConfig
+from m1jax.layers import params as P
+
+
+class RouterStats(NamedTuple):
+  """Per-layer sums over (unmasked) tokens, for the load-balancing loss.
+
+  selected_E: how many top-k slots chose each expert (sums to k * tokens).
+  prob_E:     sum of the full softmax router probabilities per expert.
+  tokens:     number of tokens counted (scalar).
+  """
+  selected_E: jax.Array
+  prob_E: jax.Array
+  tokens: jax.Array
+
+
+def route(x_NM: jax.Array, router_ME: jax.Array, top_k: int):
+  """Router in float32. Returns (probs_NE, weights_NK renormalised, experts_NK int32)."""
+  logits_NE = jnp.dot(x_NM.astype(jnp.float32), router_ME.astype(jnp.float32),
+                      precision=jax.lax.Precision.HIGHEST)
+  probs_NE = jax.nn.softmax(logits_NE, axis=-1)
+  top_probs_NK, experts_NK = jax.lax.top_k(probs_NE, top_k)
+  weights_NK = top_probs_NK / jnp.sum(top_probs_NK, axis=-1, keepdims=True)
+  return probs_NE, weights_NK, experts_NK.astype(jnp.int32)
+
+
+def router_stats(probs_NE: jax.Array, experts_NK: jax.Array,
+                 token_mask_N: jax.Array | None) -> RouterStats:
+  num_experts = probs_NE.shape[-1]
+  mask_N = (jnp.ones(probs_NE.shape[:1], jnp.float32) if token_mask_N is None
+            else token_mask_N.astype(jnp.float32))
+  one_hot_NKE = jax.nn.one_hot(experts_NK, num_experts, dtype=jnp.float32)
+  return RouterStats(
+      selected_E=jnp.einsum("nke,n->e", one_hot_NKE, mask_N),
+      prob_E=jnp.einsum("ne,n->e", probs_NE, mask_N),
+      tokens=jnp.sum(mask_N))
+
+
+def swiglu_dense(x_NM, w1_EMF, w3_EMF, w2_EFM, weights_NK, experts_NK):
+  """Reference dispatch: all experts on all tokens, combined with one-hot top-k weights."""
+  dtype = x_NM.dtype
+  gate_ENF = jnp.einsum("nm,emf->enf", x_NM, w1_EMF.astype(dtype))
+  up_ENF = jnp.einsum("nm,emf->enf", x_NM, w3_EMF.astype(dtype))
+  y_ENM = jnp.einsum("enf,efm->enm", jax.nn.silu(gate_ENF) * up_ENF, w2_EFM.astype(dtype))
+  combine_NE = jnp.einsum("nk,nke->ne", weights_NK,
+                          jax.nn.one_hot(experts_NK, w1_EMF.shape[0], dtype=jnp.float32))
+  # Combine in float32 like the reference (fp32 router weights times expert outputs).
+  return jnp.einsum("ne,enm->nm", combine_NE, y_ENM,
+                    preferred_element_type=jnp.float32).astype(dtype)
+
+
+def swiglu_ragged(x_NM, w1_EMF, w3_EMF, w2_EFM, weights_NK, experts_NK):
+  """Dropless sorted dispatch with grouped matmuls (jax.lax.ragged_dot)."""
+  N, M = x_NM.shape
+  E, top_k, dtype = w1_EMF.shape[0], experts_NK.shape[1], x_NM.dtype
+  flat_experts = experts_NK.reshape(-1)                        # [N*k], assignment a = n*k + j
+  order = jnp.argsort(flat_experts, stable=True)
+  token_of_assignment = order // top_k
+  x_sorted = x_NM[token_of_assignment]                         # [N*k, M], grouped by expert
+  # Experts that receive no token get a zero-size group; ragged_dot handles that.
+  group_sizes = jnp.bincount(flat_experts, length=E).astype(jnp.int32)
+  gate = jax.lax.ragged_dot(x_sorted, w1_EMF.astype(dtype), group_sizes)
+  up = jax.lax.ragged_dot(x_sorted, w3_EMF.astype(dtype), group_sizes)
+  y_sorted = jax.lax.ragged_dot(jax.nn.silu(gate) * up, w2_EFM.astype(dtype), group_sizes)
+  # Unsort: scatter each sorted row back to its assignment slot.
+  y_assign = jnp.zeros_like(y_sorted).at[order].set(y_sorted).reshape(N, top_k, M)
+  return jnp.einsum("nk,nkm->nm", weights_NK, y_assign,
+                    preferred_element_type=jnp.float32).astype(dtype)
+
+
+_DISPATCH = {"dense": swiglu_dense, "ragged": swiglu_ragged}
+
+
+class SparseMoE(nn.Module):
+  """Top-k SwiGLU mixture of experts over [B,T,M]; returns (y_BTM, RouterStats)."""
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, h_BTM: jax.Array, token_mask_BT: jax.Array | None = None):
+    cfg = self.config
+    M, E, F = cfg.hidden_size, cfg.num_local_experts, cfg.intermediate_size
+    dtype, pdtype, init = P.compute_dtype(cfg), P.param_dtype(cfg), P.kernel_init(cfg)
+    # The router stays float32 whatever param_dtype is (stored fp32 in the release, §1).
+    router = P.logical_param(self, "router", init, (M, E), (P.EMBED, None), jnp.float32)
+    w1 = P.logical_param(self, "w1", init, (E, M, F), (P.EXPERTS, P.EMBED, P.MLP), pdtype)
+    w3 = P.logical_param(self, "w3", init, (E, M, F), (P.EXPERTS, P.EMBED, P.MLP), pdtype)
+    w2 = P.logical_param(self, "w2", init, (E, F, M), (P.EXPERTS, P.MLP, P.EMBED), pdtype)
+    B, T, _ = h_BTM.shape
+    x_NM = h_BTM.reshape(B * T, M)
+    probs_NE, weights_NK, experts_NK = route(x_NM, router, cfg.num_experts_per_tok)
+    mask_N = None if token_mask_BT is None else token_mask_BT.reshape(B * T)
+    y_NM = _DISPATCH[cfg.moe_impl](x_NM.astype(dtype), w1, w3, w2, weights_NK, experts_NK)
+    return y_NM.reshape(B, T, M), router_stats(probs_NE, experts_NK, mask_N)

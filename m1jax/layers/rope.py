@@ -1,0 +1,29 @@
+"""Partial NeoX rotary embedding, computed on the fly (SPEC.md §3.4).
+
+Only the first `rotary_dim` dims of each head rotate, in rotate-half style within those dims
+(pairs (i, i + rotary_dim/2)); the rest pass through. cos/sin come from the positions
+directly, so no table of max_position_embeddings (10.24M) rows is ever built.
+"""
+import jax
+import jax.numpy as jnp
+
+
+def rope_inverse_frequencies(rotary_dim: int, theta: float) -> jax.Array:
+  """inv_freq[i] = theta^(-2i/rotary_dim), i < rotary_dim/2, float32."""
+  exponents = jnp.arange(0, rotary_dim, 2, dtype=jnp.float32) / rotary_dim
+  return 1.0 / (theta**exponents)
+
+
+def apply_partial_rope(x_BTHD: jax.Array, positions_BT: jax.Array, rotary_dim: int,
+                       theta: float) -> jax.Array:
+  """Rotates x[..., :rotary_dim] by the angle positions * inv_freq; returns x.dtype."""
+  half = rotary_dim // 2
+  inv_freq = rope_inverse_frequencies(rotary_dim, theta)
+  angles_BTR = positions_BT.astype(jnp.float32)[..., None] * inv_freq[None, None]  # R = rot/2
+  cos = jnp.cos(angles_BTR)[:, :, None, :]
+  sin = jnp.sin(angles_BTR)[:, :, None, :]
+  x32 = x_BTHD.astype(jnp.float32)
+  first, second = x32[..., :half], x32[..., half:rotary_dim]
+  rotated = jnp.concatenate([first * cos - second * sin, second * cos + first * sin], axis=-1)
+  out = jnp.concatenate([rotated, x32[..., rotary_dim:]], axis=-1)
+  return out.astype(x_BTHD.dtype)
