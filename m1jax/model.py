@@ -69,4 +69,5 @@ class MiniMaxM1ForCausalLM(nn.Module):
 def init_params(model: MiniMaxM1ForCausalLM, rng: jax.Array, seq_len: int = 8):
   """Random params (logical-partitioning boxes removed) for `model`."""
   ids = jnp.zeros((1, seq_len), jnp.int32)
-  return nn.meta.unbox(model.init(rng, ids)["params"])
+  # Jitted: eager init dispatches every op of every layer one by one (seconds on CPU).
+  return nn.meta.unbox(jax.jit(model.init)(rng, ids)["params"])
