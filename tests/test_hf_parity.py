@@ -119,3 +119,36 @@ def test_dense_and_ragged_moe_give_same_logits_on_hf_weights(tmp_path, rng):
   a = ragged_model.apply({"params": params}, ids).logits
   b = dense_model.apply({"params": params}, ids).logits
   np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-5)
+
+
+def _to_remote_dialect(hf_config: dict) -> dict:
+  """Rewrites an in-tree `minimax` config.json into MiniMax's remote-code keys (SPEC §4.2)."""
+  remote = {k: v for k, v in hf_config.items()
+            if k not in ("layer_types", "rope_parameters", "block_size") and
+            not k.endswith(("_alpha_factor", "_beta_factor"))}
+  remote["model_type"] = "minimax_m1"
+  remote["attn_type_list"] = [int(t == F) for t in hf_config["layer_types"]]
+  remote["rotary_dim"] = hf_config["head_dim"]
+  remote["rope_theta"] = hf_config["rope_parameters"]["rope_theta"]
+  remote["postnorm"] = True
+  for ours, theirs in (("full_attention", "full_attn"), ("linear_attention", "linear_attn"),
+                       ("mlp", "mlp")):
+    for ab in ("alpha", "beta"):
+      remote[f"layernorm_{ours}_{ab}"] = hf_config[f"{theirs}_{ab}_factor"]
+  return remote
+
+
+def test_remote_dialect_config_loads_to_the_same_logits(tmp_path, rng):
+  import json
+  case = CASES[2]  # non-periodic, distinct alpha/beta per sublayer
+  hf = _hf_model(case)
+  hf.save_pretrained(tmp_path)
+  ids = jnp.asarray(rng.integers(0, 97, size=(2, 19)))
+  model, params = m1jax.from_pretrained(tmp_path)
+  expected = model.apply({"params": params}, ids).logits
+  config_path = tmp_path / "config.json"
+  config_path.write_text(json.dumps(_to_remote_dialect(json.loads(config_path.read_text()))))
+  remote_model, remote_params = m1jax.from_pretrained(tmp_path, block_size=case.block)
+  assert remote_model.config == model.config
+  actual = remote_model.apply({"params": remote_params}, ids).logits
+  np.testing.assert_array_equal(np.asarray(actual), np.asarray(expected))
