@@ -6,12 +6,19 @@ directly, so no table of max_position_embeddings (10.24M) rows is ever built.
 """
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def rope_inverse_frequencies(rotary_dim: int, theta: float) -> jax.Array:
-  """inv_freq[i] = theta^(-2i/rotary_dim), i < rotary_dim/2, float32."""
-  exponents = jnp.arange(0, rotary_dim, 2, dtype=jnp.float32) / rotary_dim
-  return 1.0 / (theta**exponents)
+  """inv_freq[i] = theta^(-2i/rotary_dim), i < rotary_dim/2, float32.
+
+  Built as a numpy constant with the reference's fp32 roundings (`1.0 / base **
+  (arange(0, r, 2).float() / r)`): traced, XLA rewrites `pos * (1 / p)` into `pos / p`, which
+  moves angles near position 1e6 by up to 0.03 rad and makes jit and eager disagree.
+  """
+  exponents = np.arange(0, rotary_dim, 2, dtype=np.float32) / np.float32(rotary_dim)
+  powers = (np.float64(theta) ** exponents.astype(np.float64)).astype(np.float32)
+  return jnp.asarray(np.float32(1.0) / powers)
 
 
 def apply_partial_rope(x_BTHD: jax.Array, positions_BT: jax.Array, rotary_dim: int,
