@@ -6,6 +6,8 @@ Every value is from MiniMax-M1's config.json (SPEC.md §1).
 """
 import ml_collections
 
+from m1jax.train.defaults import add_training_sections
+
 # 80 layers: 7 lightning (0) then 1 softmax (1), ten times; the last layer is softmax.
 _ATTN_TYPE_LIST = ([0] * 7 + [1]) * 10
 # DeepNet decoder alpha for 80 layers: (2 * 80) ** 0.25.
@@ -58,4 +60,21 @@ def get_config(arg=None):
   model.lightning_impl = "auto"
   model.scan_layers = True
   model.remat = True
+  model.remat_policy = "nothing_saveable"
+
+  # Pod-scale training: it builds here; running it needs a pod and a mesh.
+  add_training_sections(config)
+  config.train.num_steps = 100_000
+  config.train.batch_size = 1024
+  config.train.seq_len = 8192
+  config.train.grad_accum_steps = 8
+  config.train.eval_every = 2000
+  config.train.checkpoint_every = 500
+  config.train.peak_flops_per_device = 459e12  # TPU v5p dense bf16
+  # Continued pretraining held LR at 8e-5 for 2.5T tokens (M1 report §2.1).
+  config.optimizer.learning_rate = 8e-5
+  config.optimizer.schedule = "constant"
+  config.optimizer.warmup_steps = 2000
+  config.data.source = "text"
+  config.data.tokenizer = "tokenizer.json"  # the release's tokenizer (200,064 tokens)
   return config

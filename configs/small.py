@@ -1,8 +1,11 @@
 """A few-hundred-million-parameter MiniMax-M1 for one GPU (same structure as the release).
 
   python -m experiments.inspect_model --config=configs/small.py
+  python -m experiments.train --config=configs/small.py --workdir=runs/small
 """
 import ml_collections
+
+from m1jax.train.defaults import add_training_sections
 
 _NUM_LAYERS = 16
 
@@ -45,4 +48,18 @@ def get_config(arg=None):
   model.lightning_impl = "auto"
   model.scan_layers = True
   model.remat = True
+  # Keep matmul outputs without a batch dim (weights-side), recompute the rest.
+  model.remat_policy = "dots_with_no_batch_dims_saveable"
+
+  add_training_sections(config)
+  config.train.num_steps = 20_000
+  config.train.batch_size = 32
+  config.train.seq_len = 2048
+  config.train.eval_every = 1000
+  config.train.checkpoint_every = 1000
+  # An H100's dense bf16 peak, for the MFU estimate; set it for the GPU you run on.
+  config.train.peak_flops_per_device = 989e12
+  config.optimizer.learning_rate = 1e-3
+  config.optimizer.warmup_steps = 1000
+  config.data.task_options.arithmetic.max_digits = 6
   return config

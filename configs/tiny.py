@@ -2,8 +2,13 @@
 post-norm DeepNorm, partial RoPE) at a size that trains on 2 CPU cores.
 
   python -m experiments.inspect_model --config=configs/tiny.py --forward
+  python -m experiments.train --config=configs/tiny.py --workdir=runs/tiny   # the demo
+
+The train/optimizer/data sections are the embedded demo: the arithmetic task on CPU.
 """
 import ml_collections
+
+from m1jax.train.defaults import add_training_sections
 
 _NUM_LAYERS = 16
 
@@ -49,4 +54,19 @@ def get_config(arg=None):
   model.lightning_impl = "auto"
   model.scan_layers = True
   model.remat = False
+  model.remat_policy = "nothing_saveable"
+
+  add_training_sections(config)
+  # The demo: a few minutes on 2 CPU cores.
+  config.train.num_steps = 400
+  config.train.batch_size = 8
+  config.train.seq_len = 64
+  config.train.log_every = 20
+  config.train.eval_every = 100
+  config.train.checkpoint_every = 100
+  config.train.eval_examples = 64
+  config.optimizer.learning_rate = 3e-3
+  config.optimizer.warmup_steps = 50
+  config.data.task = "arithmetic"
+  config.data.task_options.arithmetic.max_digits = 2
   return config

@@ -7,7 +7,11 @@ For impl in naive / recurrent / chunked and for the forward and the forward+back
 compile once, then time the median of --repeats runs (each ended by block_until_ready) at
 B=1, H=2, D=64, block 256, T = 512 ... 16384. Per T it records the time, the ratio
 time(T) / time(T/2) (about 2 for linear cost, 4 for quadratic) and chunked/naive and
-chunked/recurrent, and a fitted exponent p in time ~ T^p. naive holds B*H*T^2 float32 score matrices, so it is skipped above
+chunked/recurrent, and a fitted exponent p in time ~ T^p.
+--impls may add pallas_tpu (pallas_kernels/lightning_tpu.py); on CPU it runs in TPU interpret
+mode, so its times are interpreter cost (correctness only), never kernel speed:
+  python -m experiments.bench_linear_attention --impls=chunked,pallas_tpu \
+      --seq_lens=512,1024,2048 --out=benchmarks/results/linear_attention_pallas_interpret_cpu.json naive holds B*H*T^2 float32 score matrices, so it is skipped above
 --max_naive_t and the reason recorded. Writes benchmarks/results/linear_attention_cpu.json.
 """
 import os
@@ -140,7 +144,7 @@ def _fmt(x, spec):
 
 def _print_table(points: list[dict], cross: list[dict], fits: list[dict]) -> None:
   by_key = {(p["impl"], p["mode"], p["T"]): p for p in points}
-  impls = [i for i in ("naive", "recurrent", "chunked") if i in _IMPLS.value]
+  impls = [i for i in ("naive", "recurrent", "chunked", "pallas_tpu") if i in _IMPLS.value]
   for mode in _MODES.value:
     print(f"\n{mode}: median ms (x time(T)/time(T/2))")
     header = f"{'T':>6} " + " ".join(f"{i:>20}" for i in impls)
@@ -205,6 +209,9 @@ def main(argv):
                 "ratio_vs_half_T = median_s(T) / median_s(T/2): ~2 linear, ~4 quadratic. "
                 "fwd_bwd is jax.grad of sum(out) + sum(final_state) w.r.t. q, k, v, "
                 "initial_state."),
+      "pallas_tpu_timing": ("TPU interpret mode on CPU: interpreter cost, not kernel speed"
+                            if "pallas_tpu" in _IMPLS.value and device.platform != "tpu"
+                            else None),
       "total_wall_s": time.perf_counter() - start,
       "results": points,
       "cross_ratios": cross,

@@ -4,8 +4,9 @@ from m1jax.hf import from_pretrained
 from m1jax.losses import load_balancing_loss, next_token_loss
 from m1jax.model import CausalLMOutput, MiniMaxM1ForCausalLM, init_params
 from m1jax import ops
+from m1jax.inference import generate
 
 __all__ = [
-    "CausalLMOutput", "MiniMaxM1ForCausalLM", "ModelConfig", "from_pretrained", "init_params",
-    "lightning_slopes", "load_balancing_loss", "next_token_loss", "ops",
+    "CausalLMOutput", "MiniMaxM1ForCausalLM", "ModelConfig", "from_pretrained", "generate",
+    "init_params", "lightning_slopes", "load_balancing_loss", "next_token_loss", "ops",
 ]

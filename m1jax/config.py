@@ -74,6 +74,8 @@ class ModelConfig:
   lightning_impl: str = "auto"      # forwarded to m1jax.ops.lightning_attention(impl=...)
   scan_layers: bool = True          # nn.scan over the repeating layer group when periodic
   remat: bool = False               # rematerialise each decoder layer in the backward pass
+  # What remat keeps: a jax.checkpoint_policies name (e.g. "dots_with_no_batch_dims_saveable").
+  remat_policy: str = "nothing_saveable"
 
   def __post_init__(self):
     object.__setattr__(self, "attn_type_list", tuple(self.attn_type_list))
@@ -114,6 +116,9 @@ class ModelConfig:
     for field in ("dtype", "param_dtype"):
       if getattr(self, field) not in DTYPES:
         fail(field, f"unknown dtype {getattr(self, field)!r}; expected one of {DTYPES}")
+    import jax  # Deferred: the config module stays importable without initialising jax.
+    if not callable(getattr(jax.checkpoint_policies, self.remat_policy, None)):
+      fail("remat_policy", f"{self.remat_policy!r} is not a jax.checkpoint_policies name")
     if self.moe_impl not in MOE_IMPLS:
       fail("moe_impl", f"unknown {self.moe_impl!r}; expected one of {MOE_IMPLS}")
     if self.tie_word_embeddings:

@@ -28,6 +28,18 @@ class MiniMaxM1ForCausalLM(nn.Module):
   positions_BT default to 0..T-1 per row; token_mask_BT (1 = real token) only excludes
   padding from the router statistics. Pass `input_embeds_BTM` instead of ids to feed
   embeddings directly (used by the causality test).
+
+  Inference: pass `cache=` (an `m1jax.inference.HybridCache`) to run the new tokens after
+  the cached ones; the call then returns (CausalLMOutput, new cache). Rows are left-padded:
+  token_mask_BT marks the real tokens (a suffix of each row), which alone enter the
+  lightning states and the KV cache, and default positions continue each row's cached
+  length. `last_logits_only` computes the LM head for the last position only (prefill).
+
+  Packed training rows: segment_ids_BT [B,T] int (each document a contiguous run of one id,
+  padding 0, as m1jax.train.data packs them) keeps attention inside documents: softmax
+  layers mask other segments' keys and lightning states reset at document starts. Pass
+  per-document positions_BT. Unless token_mask_BT is given, segment 0 (padding) is then
+  left out of the router statistics.
   """
   config: ModelConfig
 
@@ -35,7 +47,9 @@ class MiniMaxM1ForCausalLM(nn.Module):
   def __call__(self, input_ids_BT: Optional[jax.Array] = None,
                positions_BT: Optional[jax.Array] = None,
                token_mask_BT: Optional[jax.Array] = None,
-               *, input_embeds_BTM: Optional[jax.Array] = None) -> CausalLMOutput:
+               *, input_embeds_BTM: Optional[jax.Array] = None, cache=None,
+               last_logits_only: bool = False,
+               segment_ids_BT: Optional[jax.Array] = None):
     cfg = self.config
     V, M = cfg.vocab_size, cfg.hidden_size
     dtype, pdtype, init = P.compute_dtype(cfg), P.param_dtype(cfg), P.kernel_init(cfg)
@@ -50,9 +64,21 @@ class MiniMaxM1ForCausalLM(nn.Module):
     else:
       x = input_embeds_BTM.astype(dtype)
     B, T = x.shape[:2]
-    if positions_BT is None:
-      positions_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
-    x, stats = HybridStack(cfg, name="model")(x, positions_BT, token_mask_BT)
+    if cache is not None:
+      token_mask_BT, default_positions_BT, cache_info = cache.step_inputs(T, token_mask_BT)
+      positions_BT = default_positions_BT if positions_BT is None else positions_BT
+      x, stats, layers = HybridStack(cfg, name="model")(x, positions_BT, token_mask_BT,
+                                                        cache.layers, cache_info)
+      cache = cache.advance(layers, token_mask_BT)
+    else:
+      if positions_BT is None:
+        positions_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+      if segment_ids_BT is not None and token_mask_BT is None:
+        token_mask_BT = segment_ids_BT != 0
+      x, stats = HybridStack(cfg, name="model")(x, positions_BT, token_mask_BT,
+                                                segment_ids_BT=segment_ids_BT)
+    if last_logits_only:
+      x = x[:, -1:]
     h = RMSNorm(cfg.rms_norm_eps, param_dtype=pdtype, name="norm")(x)
     w_head = P.logical_param(self, "lm_head", init, (M, V), (P.EMBED, P.VOCAB), pdtype)
     if cfg.lm_head_fp32:
@@ -62,8 +88,8 @@ class MiniMaxM1ForCausalLM(nn.Module):
                        precision=jax.lax.Precision.HIGHEST)
     else:
       logits = jnp.dot(h, w_head.astype(dtype)).astype(jnp.float32)
-    return CausalLMOutput(logits=logits, router_stats=stats,
-                          aux_loss=load_balancing_loss(stats))
+    out = CausalLMOutput(logits=logits, router_stats=stats, aux_loss=load_balancing_loss(stats))
+    return out if cache is None else (out, cache)
 
 
 def init_params(model: MiniMaxM1ForCausalLM, rng: jax.Array, seq_len: int = 8):

@@ -7,6 +7,11 @@ import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The TPU ahead-of-time compile tests load libtpu (no TPU attached). By default libtpu takes
+# /tmp/libtpu_lockfile, so two pytest-xdist workers compiling at once fail; they share no
+# device, so concurrent loads are safe.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
 
 import jax  # noqa: E402
 

@@ -19,7 +19,14 @@ class LightningAttention(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, h_BTM: jax.Array, slope_H: jax.Array) -> jax.Array:
+  def __call__(self, h_BTM: jax.Array, slope_H: jax.Array, cache=None, token_mask_BT=None,
+               segment_ids_BT=None):
+    """Returns y_BTM; with `cache` ({"state": [B,H,D,D] fp32}) returns (y_BTM, new cache).
+
+    With a cache, k and v of tokens whose token_mask_BT is 0 (left padding) are zeroed, so
+    padding adds nothing to the state (SPEC.md §3.3, Padding); a single token uses the
+    recurrent decode step.
+    """
     cfg = self.config
     M, H, D = cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim
     dtype, pdtype, init = P.compute_dtype(cfg), P.param_dtype(cfg), P.kernel_init(cfg)
@@ -34,9 +41,27 @@ class LightningAttention(nn.Module):
     h = h_BTM.astype(dtype)
     qkv_BTHX = jax.nn.silu(jnp.einsum("btm,mhx->bthx", h, w_qkv.astype(dtype)))
     q, k, v = jnp.split(qkv_BTHX, 3, axis=-1)
-    o_BTHD, _ = ops.lightning_attention(q, k, v, slope_H, impl=cfg.lightning_impl,
-                                        block_size=cfg.block_size)
+    if cache is None:
+      # segment_ids_BT (packed training rows): the state resets at each document start.
+      o_BTHD, _ = ops.lightning_attention(q, k, v, slope_H, impl=cfg.lightning_impl,
+                                          block_size=cfg.block_size, segment_ids=segment_ids_BT)
+    else:
+      o_BTHD, cache = _cached_lightning(q, k, v, slope_H, cache, token_mask_BT, cfg)
     o_BTHD = RMSNorm(cfg.lightning_norm_eps, axes=(P.HEADS, P.HEAD_DIM), param_dtype=pdtype,
                      name="norm")(o_BTHD)
     gate_BTHD = jax.nn.sigmoid(jnp.einsum("btm,mhd->bthd", h, w_gate.astype(dtype)))
-    return jnp.einsum("bthd,hdm->btm", gate_BTHD * o_BTHD, w_out.astype(dtype))
+    y_BTM = jnp.einsum("bthd,hdm->btm", gate_BTHD * o_BTHD, w_out.astype(dtype))
+    return y_BTM if cache is None else (y_BTM, cache)
+
+
+def _cached_lightning(q, k, v, slope_H, cache, token_mask_BT, cfg):
+  """Lightning attention continuing from cache["state"]; returns (o_BTHD, new cache)."""
+  if token_mask_BT is not None:
+    keep_BT11 = token_mask_BT[:, :, None, None].astype(k.dtype)
+    k, v = k * keep_BT11, v * keep_BT11
+  if q.shape[1] == 1:
+    o_BHD, state = ops.lightning_decode_step(q[:, 0], k[:, 0], v[:, 0], slope_H, cache["state"])
+    return o_BHD[:, None], {"state": state}
+  o_BTHD, state = ops.lightning_attention(q, k, v, slope_H, initial_state=cache["state"],
+                                          impl=cfg.lightning_impl, block_size=cfg.block_size)
+  return o_BTHD, {"state": state}

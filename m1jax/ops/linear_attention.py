@@ -12,7 +12,9 @@ Three implementations of that one function sit behind `lightning_attention(impl=
   "recurrent": a `lax.scan` over tokens of `lightning_decode_step` (the decode path).
   "chunked":   a `lax.scan` over blocks of C tokens carrying the fp32 state (prefill and
                training path); intra-block masked matmul + inter-block state read.
-"auto" resolves to "chunked"; Pallas kernels register themselves in `IMPLEMENTATIONS`.
+"auto" resolves to the first kernel in `AUTO_CANDIDATES` that supports the inputs on this
+backend ("pallas_tpu" on TPU), else "chunked"; Pallas kernels register themselves in
+`IMPLEMENTATIONS` (see m1jax/ops/__init__.py).
 
 Dimension alphabet: B batch, T time, H heads, D head dim, C block length (N blocks). In einsum
 strings S is a second (key-side) time axis beside T or C, and E is the value-side head dim, so
@@ -122,6 +124,54 @@ def _span_forward(q_BTHD: Array, k_BTHD: Array, v_BTHD: Array, slope_H: Array,
   return out_BTHE.astype(dtype), new_state_BHDE
 
 
+def _span_forward_segments(q_BTHD: Array, k_BTHD: Array, v_BTHD: Array, slope_H: Array,
+                           state_BHDD: Array, run_BT: Array,
+                           state_run_B: Array) -> tuple[Array, Array]:
+  """`_span_forward` for packed documents: no token sees another document.
+
+  run_BT holds non-decreasing document indices (`_document_runs`); state_run_B is the
+  document the incoming state belongs to. A token reads the carried state only while it is
+  still in that document, and the new state keeps only the span's last document (plus the
+  carried state if that document started before the span).
+  """
+  dtype = q_BTHD.dtype
+  length = q_BTHD.shape[1]
+  pos_T = jnp.arange(length, dtype=_F32)
+  same_BTS = run_BT[:, :, None] == run_BT[:, None, :]
+  decay_HTS = _causal_decay(slope_H, length)
+  scores_BHTS = _matmul("BTHD,BSHD->BHTS", q_BTHD, k_BTHD)
+  scores_BHTS = jnp.where(same_BTS[:, None], scores_BHTS * decay_HTS[None], 0.0)
+  out_BTHE = _matmul("BHTS,BSHE->BTHE", scores_BHTS.astype(dtype), v_BTHD)
+
+  last_run_B = run_BT[:, -1]
+  in_last_BT = (run_BT == last_run_B[:, None]).astype(_F32)
+  k_decay_HT = jnp.exp(-slope_H[:, None] * (length - 1 - pos_T)[None, :])
+  k_scaled = (k_BTHD.astype(_F32) * k_decay_HT.T[None, :, :, None]
+              * in_last_BT[:, :, None, None]).astype(k_BTHD.dtype)
+  kv_BHDE = _matmul("BTHD,BTHE->BHDE", k_scaled, v_BTHD)
+
+  reads_state_BT = (run_BT == state_run_B[:, None]).astype(_F32)
+  q_decay_HT = jnp.exp(-slope_H[:, None] * (pos_T + 1.0)[None, :])
+  q_scaled = (q_BTHD.astype(_F32) * q_decay_HT.T[None, :, :, None]
+              * reads_state_BT[:, :, None, None]).astype(dtype)
+  out_BTHE = out_BTHE + _matmul("BTHD,BHDE->BTHE", q_scaled, state_BHDD.astype(dtype))
+  keeps_state_B = (last_run_B == state_run_B).astype(_F32)
+  span_decay_BH = jnp.exp(-slope_H * length)[None, :] * keeps_state_B[:, None]
+  new_state_BHDE = span_decay_BH[:, :, None, None] * state_BHDD + kv_BHDE
+  return out_BTHE.astype(dtype), new_state_BHDE
+
+
+def _document_runs(segment_ids_BT: Array) -> Array:
+  """Document index per token: +1 wherever the segment id changes, 0 for the first run.
+
+  A document is a maximal run of equal ids, so ids may repeat across non-adjacent documents
+  (e.g. padding 0 between rows) without ever joining them.
+  """
+  changes_BT = segment_ids_BT[:, 1:] != segment_ids_BT[:, :-1]
+  return jnp.concatenate([jnp.zeros_like(segment_ids_BT[:, :1], jnp.int32),
+                          jnp.cumsum(changes_BT.astype(jnp.int32), axis=1)], axis=1)
+
+
 # --------------------------------------------------------------------------------------
 # Implementations. Each takes validated inputs (slope float32, state float32 or None).
 # --------------------------------------------------------------------------------------
@@ -215,6 +265,74 @@ def _chunked(q_BTHD, k_BTHD, v_BTHD, slope_H, state_BHDD, block_size):
   return jnp.concatenate([out_BTHD, tail_out_BCHD], axis=1), state_BHDD
 
 
+def _zero_state(q_BTHD: Array, state_BHDD: Optional[Array]) -> Array:
+  b, _, h, d = q_BTHD.shape
+  return jnp.zeros((b, h, d, d), _F32) if state_BHDD is None else state_BHDD
+
+
+def _naive_segments(q_BTHD, k_BTHD, v_BTHD, slope_H, state_BHDD, block_size, run_BT):
+  """The naive form with a same-document mask; the initial state feeds the first document."""
+  del block_size
+  return _span_forward_segments(q_BTHD, k_BTHD, v_BTHD, slope_H,
+                                _zero_state(q_BTHD, state_BHDD), run_BT, run_BT[:, 0])
+
+
+def _recurrent_segments(q_BTHD, k_BTHD, v_BTHD, slope_H, state_BHDD, block_size, run_BT):
+  """Token scan that zeroes the state at each document start (before that token's update)."""
+  del block_size
+  starts_BT = jnp.concatenate(
+      [jnp.zeros_like(run_BT[:, :1], bool), run_BT[:, 1:] != run_BT[:, :-1]], axis=1)
+
+  def step(state, inputs):
+    start_B, *qkv_t = inputs
+    state = jnp.where(start_B[:, None, None, None], 0.0, state)
+    out_BHD, state = lightning_decode_step(*qkv_t, slope_H, state)
+    return state, out_BHD
+
+  xs = tuple(jnp.moveaxis(x, 1, 0) for x in (starts_BT, q_BTHD, k_BTHD, v_BTHD))
+  final_state, out_TBHD = lax.scan(step, _zero_state(q_BTHD, state_BHDD), xs)
+  return jnp.moveaxis(out_TBHD, 0, 1), final_state
+
+
+def _chunked_segments(q_BTHD, k_BTHD, v_BTHD, slope_H, state_BHDD, block_size, run_BT):
+  """`_chunked` carrying (state, the document the state belongs to) across blocks."""
+  b, t, h, d = q_BTHD.shape
+  block = DEFAULT_BLOCK_SIZE if block_size is None else block_size
+  block = max(1, min(operator.index(block), t))
+  num_full = t // block
+  full_len = num_full * block
+
+  def block_step(carry, inputs):
+    state, state_run_B = carry
+    run_BC, *qkv_block = inputs
+    out_BCHD, state = _span_forward_segments(*qkv_block, slope_H, state, run_BC, state_run_B)
+    return (state, run_BC[:, -1]), out_BCHD
+
+  def to_blocks(x_BT):
+    x_BNC = x_BT[:, :full_len].reshape((b, num_full, block) + x_BT.shape[2:])
+    return jnp.moveaxis(x_BNC, 1, 0)
+
+  blocks = tuple(to_blocks(x) for x in (run_BT, q_BTHD, k_BTHD, v_BTHD))
+  carry = (_zero_state(q_BTHD, state_BHDD), run_BT[:, 0])
+  carry, out_NBCHD = lax.scan(block_step, carry, blocks)
+  out_BTHD = jnp.moveaxis(out_NBCHD, 0, 1).reshape(b, full_len, h, d)
+  if full_len == t:
+    return out_BTHD, carry[0]
+  tail = tuple(x[:, full_len:] for x in (q_BTHD, k_BTHD, v_BTHD))
+  tail_out_BCHD, state_BHDD = _span_forward_segments(*tail, slope_H, carry[0],
+                                                     run_BT[:, full_len:], carry[1])
+  return jnp.concatenate([out_BTHD, tail_out_BCHD], axis=1), state_BHDD
+
+
+# Implementations that accept packed documents (a trailing `run_BT` argument). Kernels
+# without segment support are not listed; "auto" then falls back to "chunked".
+SEGMENT_IMPLEMENTATIONS: dict[str, Callable[..., tuple[Array, Array]]] = {
+    "naive": _naive_segments,
+    "recurrent": _recurrent_segments,
+    "chunked": _chunked_segments,
+}
+
+
 # Name -> implementation. Kernel modules add entries (e.g. "pallas_tpu") at import time.
 IMPLEMENTATIONS: dict[str, Callable[..., tuple[Array, Array]]] = {
     "naive": _naive,
@@ -223,9 +341,18 @@ IMPLEMENTATIONS: dict[str, Callable[..., tuple[Array, Array]]] = {
 }
 
 
-def _resolve_impl(impl: str) -> str:
-  """Maps "auto" to the best available implementation for this backend."""
+# Kernels that "auto" may pick, in order of preference: (name, supported) where
+# supported(q, k, v, slope, initial_state, block_size) says whether that kernel should run
+# these inputs on this backend. Kernel modules append entries; "chunked" is the fallback.
+AUTO_CANDIDATES: list[tuple[str, Callable[..., bool]]] = []
+
+
+def _resolve_impl(impl: str, inputs: tuple = ()) -> str:
+  """Maps "auto" to the best available implementation for this backend (and `inputs`)."""
   if impl == "auto":
+    for name, supported in AUTO_CANDIDATES:
+      if inputs and name in IMPLEMENTATIONS and supported(*inputs):
+        return name
     return "chunked"
   if impl not in IMPLEMENTATIONS:
     valid = ", ".join(repr(name) for name in ["auto", *sorted(IMPLEMENTATIONS)])
@@ -265,7 +392,8 @@ def _validate(q, k, v, slope, initial_state, block_size) -> None:
 
 def lightning_attention(q: Array, k: Array, v: Array, slope: Array, *,
                         initial_state: Optional[Array] = None, impl: str = "auto",
-                        block_size: Optional[int] = None) -> tuple[Array, Array]:
+                        block_size: Optional[int] = None,
+                        segment_ids: Optional[Array] = None) -> tuple[Array, Array]:
   """Causal linear attention with per-head decay exp(-slope), SPEC.md §3.3.
 
   o_t = q_t S_t with S_t = exp(-slope) S_{t-1} + k_t^T v_t and S_{-1} = initial_state.
@@ -279,15 +407,31 @@ def lightning_attention(q: Array, k: Array, v: Array, slope: Array, *,
     impl: "auto", "naive", "recurrent", "chunked" or a registered kernel name.
     block_size: block length C for "chunked" (default 256); any C >= 1, T need not be a
       multiple of it. Ignored by "naive" and "recurrent".
+    segment_ids: optional [B,T] int ids of packed documents. A document is a maximal run of
+      equal ids; the state resets at each document start, so a token attends only within
+      its document. initial_state belongs to the first document of each row, and
+      final_state is the last document's state. None (default) is one document per row.
 
   Returns:
     out: [B,T,H,D] in q.dtype.
     final_state: [B,H,D,D] float32, the state after the last token (feed it back as
       initial_state to continue the sequence).
   """
-  name = _resolve_impl(impl)
+  name = _resolve_impl(impl, (q, k, v, slope, initial_state, block_size))
   slope = jnp.asarray(slope)
   _validate(q, k, v, slope, initial_state, block_size)
   slope_H = slope.astype(_F32)
   state_BHDD = None if initial_state is None else jnp.asarray(initial_state).astype(_F32)
-  return IMPLEMENTATIONS[name](q, k, v, slope_H, state_BHDD, block_size)
+  if segment_ids is None:
+    return IMPLEMENTATIONS[name](q, k, v, slope_H, state_BHDD, block_size)
+  segment_ids = jnp.asarray(segment_ids)
+  if segment_ids.shape != q.shape[:2] or not jnp.issubdtype(segment_ids.dtype, jnp.integer):
+    raise ValueError(f"lightning_attention: segment_ids must be int [B,T]={q.shape[:2]}; got "
+                     f"{segment_ids.dtype}{list(segment_ids.shape)}.")
+  if name not in SEGMENT_IMPLEMENTATIONS:
+    if impl != "auto":
+      raise ValueError(f"lightning_attention: impl={impl!r} does not support segment_ids; "
+                       f"use one of {sorted(SEGMENT_IMPLEMENTATIONS)}.")
+    name = "chunked"
+  return SEGMENT_IMPLEMENTATIONS[name](q, k, v, slope_H, state_BHDD, block_size,
+                                       _document_runs(segment_ids))

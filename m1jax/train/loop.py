@@ -1,0 +1,154 @@
+"""train_and_evaluate: the whole training run behind experiments/train.py.
+
+Order of one step: next batch -> jitted step -> NaN guard -> metrics -> eval -> checkpoint ->
+SIGTERM check. A checkpoint at step s holds the state after s updates and the data
+iterator positioned at batch s, so restarting from it replays exactly what an
+uninterrupted run would have done.
+"""
+import math
+import os
+import signal
+import threading
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from m1jax.config import ModelConfig
+from m1jax.model import MiniMaxM1ForCausalLM, init_params
+from m1jax.train.checkpointing import Checkpointer
+from m1jax.train.data import make_tokenizer, packed_dataset
+from m1jax.train.evaluate import evaluate
+from m1jax.train.metrics import MetricsWriter, flops_per_token
+from m1jax.train.optimizer import make_optimizer
+from m1jax.train.plot import plot_curves
+from m1jax.train.step import TrainState, train_step
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop polls (only the main thread may install handlers)."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _validate(config) -> None:
+  t = config.train
+  for key in ("num_steps", "batch_size", "seq_len", "grad_accum_steps", "log_every",
+              "eval_every", "checkpoint_every", "keep_checkpoints"):
+    if not isinstance(t[key], int) or t[key] < (0 if key == "num_steps" else 1):
+      raise ValueError(f"train.{key} must be a positive int, got {t[key]!r}")
+  if t.batch_size % t.grad_accum_steps:
+    raise ValueError(f"train.batch_size={t.batch_size} is not divisible by "
+                     f"train.grad_accum_steps={t.grad_accum_steps}")
+
+
+def _init_state(model, tx, seed: int) -> TrainState:
+  params = init_params(model, jax.random.key(seed))
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one.
+
+  Returns a summary dict: final step, the first and last eval results, whether it stopped on
+  SIGTERM, and the paths it wrote. Raises FloatingPointError on a non-finite loss (the last
+  good checkpoint stays), ValueError on bad input.
+  """
+  _validate(config)
+  t = config.train
+  model_config = ModelConfig.from_dict(config.model.to_dict())
+  tokenizer = make_tokenizer(config.data, model_config.vocab_size)
+  model = MiniMaxM1ForCausalLM(model_config)
+  tx, schedule = make_optimizer(config.optimizer, t.num_steps)
+  config_dict = config.to_dict()
+
+  os.makedirs(workdir, exist_ok=True)
+  ckpt = Checkpointer(workdir, t.keep_checkpoints, t.async_checkpointing)
+  dataset = packed_dataset(config.data, tokenizer, seq_len=t.seq_len,
+                           batch_size=t.batch_size, seed=t.seed, split=0)
+  data_iter = iter(dataset)
+  state = _init_state(model, tx, t.seed)
+  start = ckpt.latest_step()
+  if start is not None:
+    ckpt.check_compatible(start, config_dict)
+    state, data_state = ckpt.restore(start, state)
+    data_iter.set_state(data_state)
+    print(f"Resumed from {ckpt.directory}/{start}", flush=True)
+  step = int(state.step)
+
+  writer = MetricsWriter(workdir, t.tensorboard)
+  flops = flops_per_token(model_config, t.seq_len)
+  peak = t.peak_flops_per_device * jax.device_count()
+  summary = {"workdir": workdir, "start_step": step, "preempted": False}
+
+  def run_eval(at_step):
+    if t.eval_batches <= 0 and t.eval_examples <= 0:
+      return
+    results = evaluate(state.params, model, config, tokenizer)
+    writer.write(at_step, results, console=True, prefix="eval/")
+    summary.setdefault("first_eval", {"step": at_step, **results})
+    summary["last_eval"] = {"step": at_step, **results}
+
+  if step == 0 and t.eval_at_start:
+    run_eval(0)
+  last_saved = start
+  window_tokens, window_start = 0, time.perf_counter()
+  try:
+    with _Preemption() as preemption:
+      while step < t.num_steps:
+        batch = {k: jnp.asarray(v) for k, v in next(data_iter).items()}
+        state, metrics = train_step(state, batch, model=model, tx=tx,
+                                    accum_steps=t.grad_accum_steps,
+                                    aux_coef=model_config.router_aux_loss_coef)
+        step += 1
+        loss = float(metrics["loss"])  # also a sync point, so timings below are real
+        if not math.isfinite(loss) or not bool(metrics["params_finite"]):
+          ckpt.wait()
+          what = "loss" if not math.isfinite(loss) else "parameters after the update"
+          raise FloatingPointError(
+              f"non-finite training {what} (loss {loss}) at step {step}; stopping. The "
+              f"last good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}. Lower "
+              "optimizer.learning_rate or set optimizer.grad_clip_norm.")
+        window_tokens += int(metrics["tokens"])
+        if step % t.log_every == 0 or step == t.num_steps:
+          elapsed = time.perf_counter() - window_start
+          tokens_per_s = window_tokens / max(elapsed, 1e-9)
+          logged = {"loss": loss, "ce_loss": metrics["ce_loss"],
+                    "aux_loss": metrics["aux_loss"], "grad_norm": metrics["grad_norm"],
+                    "lr": schedule(step - 1), "tokens_per_s": tokens_per_s}
+          if peak > 0:
+            logged["mfu"] = tokens_per_s * flops / peak
+          writer.write(step, logged, console=True, prefix="train/")
+          window_tokens, window_start = 0, time.perf_counter()
+        if step % t.eval_every == 0 or step == t.num_steps:
+          run_eval(step)
+        if step % t.checkpoint_every == 0 or step == t.num_steps or preemption.requested:
+          ckpt.save(step, state, data_iter.get_state(), config_dict)
+          last_saved = step
+        if preemption.requested:
+          print(f"SIGTERM: saved step {step}; exiting.", flush=True)
+          summary["preempted"] = True
+          break
+  finally:
+    ckpt.close()
+    writer.close()
+  summary.update(step=step, last_checkpoint=last_saved)
+  if t.plot:
+    summary["plot"] = plot_curves(workdir)
+  return summary

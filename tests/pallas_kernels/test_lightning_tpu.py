@@ -1,0 +1,207 @@
+"""Pallas TPU lightning kernel (pallas_kernels/lightning_tpu.py) against the chunked reference.
+
+The trust chain's last link: float64 loop -> naive -> chunked (tests/ops) -> this kernel, in
+TPU interpret mode on CPU with race detection and NaN-filled uninitialised memory. Outputs
+and every gradient (q, k, v, slope, initial_state; random cotangents on the output and the
+final state) are compared, for fp32 and bf16, T in {1, C-1, C+1, several C}, head_dim 64 and
+128, B*H = 6 and slopes 1e-6 .. 20 in every case.
+"""
+import dataclasses
+import functools
+
+import jax
+from jax._src.pallas.mosaic.interpret import interpret_pallas_call as _interpret_impl
+from jax.experimental.pallas import tpu as pltpu
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from m1jax.model import MiniMaxM1ForCausalLM
+from m1jax.ops import lightning_attention
+from m1jax.ops import linear_attention as la
+from pallas_kernels import lightning_tpu
+from pallas_kernels.lightning_tpu import BlockSizes
+from pallas_kernels.lightning_tpu_ops import lightning_attention_tpu
+from tests.assertions import assert_close
+from tests.test_model import random_ids, random_params, tiny
+
+B, H = 2, 3             # B*H = 6, not a power of two
+BLOCK = 16
+# Extremes of the model's range (SPEC.md §3.3 spans 4.9e-5 .. 0.92) and beyond.
+SLOPES = (1e-6, 0.5, 20.0)
+INTERPRET = pltpu.InterpretParams(detect_races=True, uninitialized_memory="nan")
+_DTYPE_NAME = {jnp.float32: "f32", jnp.bfloat16: "bf16"}
+
+CASES = [
+    # (T, D, dtype)
+    *[(t, 64, dt) for dt in (jnp.float32, jnp.bfloat16)
+      for t in (1, BLOCK - 1, BLOCK + 1, 4 * BLOCK)],
+    (2 * BLOCK + 5, 128, jnp.float32),
+    (3 * BLOCK, 128, jnp.bfloat16),
+]
+
+
+def _case_id(case):
+  t, d, dtype = case
+  return f"B{B}-T{t}-H{H}-D{d}-{_DTYPE_NAME[dtype]}"
+
+
+@pytest.fixture(autouse=True)
+def no_races(monkeypatch):
+  """Fails the test if the interpreter's race detector flags any kernel it ran."""
+  states = []
+
+  class Recording(_interpret_impl.RaceDetectionState):
+    def __init__(self, *args, **kwargs):
+      super().__init__(*args, **kwargs)
+      states.append(self)
+
+  monkeypatch.setattr(_interpret_impl, "RaceDetectionState", Recording)
+  yield states
+  assert not any(s.races_found for s in states), "TPU interpret mode detected a data race"
+
+
+def _inputs(t, d, dtype, seed=0):
+  rng = np.random.default_rng(seed)
+  q, k, v = (jnp.asarray(rng.standard_normal((B, t, H, d)) / np.sqrt(d), dtype)
+             for _ in range(3))
+  state = jnp.asarray(rng.standard_normal((B, H, d, d)), jnp.float32)
+  cot_out = jnp.asarray(rng.standard_normal((B, t, H, d)), dtype)
+  cot_state = jnp.asarray(rng.standard_normal((B, H, d, d)), jnp.float32)
+  return (q, k, v, jnp.asarray(SLOPES, jnp.float32), state), (cot_out, cot_state)
+
+
+@functools.partial(jax.jit, static_argnames=("impl", "interpret"))
+def _value_and_vjp(args, cots, *, impl, interpret=INTERPRET):
+  """((out, final_state), (dq, dk, dv, dslope, dstate)) for one implementation."""
+
+  def f(q, k, v, slope, state):
+    if impl == "kernel":
+      return lightning_attention_tpu(q, k, v, slope, initial_state=state,
+                                     block_sizes=BlockSizes(BLOCK), interpret=interpret)
+    return lightning_attention(q, k, v, slope, initial_state=state, impl=impl,
+                               block_size=BLOCK)
+
+  outs, pullback = jax.vjp(f, *args)
+  return outs, pullback(cots)
+
+
+def _check_against_chunked(args, cots, dtype, **kwargs):
+  (out, final), grads = _value_and_vjp(args, cots, impl="kernel", **kwargs)
+  (ref_out, ref_final), ref_grads = _value_and_vjp(args, cots, impl="chunked")
+  name = np.dtype(dtype).name
+  assert out.dtype == dtype and final.dtype == jnp.float32
+  assert_close(out, ref_out, dtype=name, name="out")
+  assert_close(final, ref_final, dtype=name, name="final_state")
+  for label, g, ref_g in zip(("dq", "dk", "dv", "dslope", "dstate"), grads, ref_grads):
+    assert g.shape == ref_g.shape and g.dtype == ref_g.dtype, label
+    assert_close(g, ref_g, dtype=name, name=label)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_kernel_matches_chunked_forward_and_all_gradients(case):
+  t, d, dtype = case
+  args, cots = _inputs(t, d, dtype)
+  _check_against_chunked(args, cots, dtype)
+
+
+def test_two_simulated_cores_split_the_parallel_grid_without_races():
+  # B and H are "parallel": with two cores each takes part of the grid; the per-core VMEM
+  # state must not leak between (b, h) pairs and no output block may be written twice.
+  args, cots = _inputs(BLOCK + 1, 64, jnp.float32, seed=3)
+  two_cores = dataclasses.replace(INTERPRET, num_cores_or_threads=2)
+  _check_against_chunked(args, cots, jnp.float32, interpret=two_cores)
+
+
+def test_large_inputs_and_extreme_slopes_stay_finite():
+  # Undecayed (slope 1e-6) sums over 64 steps of large k v^T, next to slope 20 (decay
+  # e^-20 per step, e^-1280 over a chunk): any exp(+s n) factorisation would overflow.
+  args, cots = _inputs(4 * BLOCK, 64, jnp.bfloat16, seed=5)
+  args = tuple(x * 30 if i < 3 else x for i, x in enumerate(args))
+  _check_against_chunked(args, cots, jnp.bfloat16)
+
+
+def test_operator_routes_pallas_tpu_to_the_kernel_and_auto_to_chunked_on_cpu(monkeypatch):
+  args, _ = _inputs(BLOCK + 3, 64, jnp.float32, seed=7)
+  q, k, v, slope, state = args
+  calls = []
+  original = lightning_tpu.forward
+  monkeypatch.setattr(lightning_tpu, "forward",
+                      lambda *a, **kw: calls.append(1) or original(*a, **kw))
+  out, final = lightning_attention(q, k, v, slope, initial_state=state, impl="pallas_tpu",
+                                   block_size=BLOCK)
+  assert calls, "impl='pallas_tpu' did not reach the kernel"
+  ref_out, ref_final = lightning_attention(q, k, v, slope, initial_state=state,
+                                           impl="chunked", block_size=BLOCK)
+  assert_close(out, ref_out, name="out")
+  assert_close(final, ref_final, name="final_state")
+  # On CPU "auto" must not pick the kernel, and never fails on shapes the kernel rejects.
+  assert la._resolve_impl("auto", (q, k, v, slope, state, BLOCK)) == "chunked"
+  q16 = q[..., :16]
+  assert la._resolve_impl("auto", (q16, q16, q16, slope, None, BLOCK)) == "chunked"
+
+
+def test_auto_picks_the_kernel_on_tpu_only_for_supported_shapes(monkeypatch):
+  monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
+  (q, k, v, slope, state), _ = _inputs(5, 64, jnp.float32)
+  assert la._resolve_impl("auto", (q, k, v, slope, state, None)) == "pallas_tpu"
+  q16 = q[..., :16]  # head_dim 16: not supported, fall back instead of failing
+  assert la._resolve_impl("auto", (q16, q16, q16, slope, None, None)) == "chunked"
+  assert la._resolve_impl("auto", (q, k, v, slope[:2], None, None)) == "chunked"
+
+
+def _bad(q, k, v, slope, state):
+  return lightning_attention_tpu(q, k, v, slope, initial_state=state, interpret=INTERPRET)
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda a: {**a, "k": a["k"][:, :-1]}, "q, k, v must share one"),
+    (lambda a: {**a, "v": a["v"].astype(jnp.bfloat16)}, "q, k, v must share one dtype"),
+    (lambda a: {n: (x.astype(jnp.float16) if n in "qkv" else x) for n, x in a.items()},
+     "dtype must be float32 or bfloat16"),
+    (lambda a: {**{n: a[n][..., :32] for n in "qkv"}, "slope": a["slope"], "state": None},
+     "head_dim D=32"),
+    (lambda a: {**a, "slope": a["slope"][:2]}, "slope must have shape"),
+    (lambda a: {**a, "slope": a["slope"][:, None]}, "slope must have shape"),
+    (lambda a: {**a, "state": a["state"][:, :, :8]}, "initial_state must have shape"),
+], ids=["shape", "dtype-mismatch", "dtype-f16", "head_dim", "slope-len", "slope-rank", "state"])
+def test_bad_inputs_raise_value_error_naming_the_argument(change, match):
+  (q, k, v, slope, state), _ = _inputs(3, 64, jnp.float32)
+  kwargs = change(dict(q=q, k=k, v=v, slope=slope, state=state))
+  with pytest.raises(ValueError, match=match):
+    _bad(**kwargs)
+
+
+def test_operator_rejects_unsupported_head_dim_for_explicit_pallas_tpu():
+  (q, k, v, slope, _), _ = _inputs(3, 64, jnp.float32)
+  q16 = q[..., :16]
+  with pytest.raises(ValueError, match="head_dim"):
+    lightning_attention(q16, q16, q16, slope, impl="pallas_tpu")
+
+
+def test_whole_model_loss_and_gradient_match_chunked():
+  # head_dim 64 (the kernel's smallest), one lightning and one softmax layer, T = 20 crosses
+  # a block boundary with a short tail.
+  base = tiny((0, 1), num_attention_heads=2, num_key_value_heads=1, head_dim=64,
+              block_size=BLOCK, rotary_dim=64)
+  params = random_params(base, 0)
+  ids = random_ids(1, 2, 21)
+
+  def loss_and_grad(impl):
+    config = dataclasses.replace(base, lightning_impl=impl)
+    model = MiniMaxM1ForCausalLM(config)
+
+    def loss(p):
+      logits = model.apply({"params": p}, ids[:, :-1]).logits
+      return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, ids[:, 1:]))
+
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+  loss_k, grad_k = loss_and_grad("pallas_tpu")
+  loss_c, grad_c = loss_and_grad("chunked")
+  assert_close(loss_k, loss_c, name="loss")
+  flat_k = jax.tree_util.tree_leaves_with_path(grad_k)
+  flat_c = jax.tree_util.tree_leaves(grad_c)
+  for (path, g_k), g_c in zip(flat_k, flat_c):
+    assert_close(g_k, g_c, tol=1e-4, name=jax.tree_util.keystr(path))
