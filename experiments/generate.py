@@ -2,21 +2,27 @@
 
   python -m experiments.generate --hf_dir=/path/to/MiniMax-M1 --prompt="Hello" --max_new_tokens=64
   python -m experiments.generate --hf_dir=DIR --prompts_file=prompts.txt --temperature=1 --top_p=0.95
+  python -m experiments.generate --checkpoint_dir=runs/tiny --prompt="12+34="  # trained m1jax
   python -m experiments.generate --config=configs/tiny.py --prompt="abc"   # random weights, bytes
 
 --hf_dir loads weights with m1jax.from_pretrained and the tokenizer from DIR/tokenizer.json
-(the `tokenizers` package). --config builds a randomly initialised model with a byte tokenizer
+(the `tokenizers` package). --checkpoint_dir loads the latest (or --step) Orbax checkpoint of
+an `experiments.train` workdir with the tokenizer its config names. --config builds a randomly initialised model with a byte tokenizer
 (token = UTF-8 byte), for smoke runs. One prompt streams its tokens as they come; several
 prompts are decoded as one left-padded batch and printed at the end.
 """
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _HF_DIR = flags.DEFINE_string("hf_dir", None, "HF checkpoint directory (config.json, "
                               "safetensors, tokenizer.json).")
+_CHECKPOINT_DIR = flags.DEFINE_string("checkpoint_dir", None, "An experiments.train workdir: "
+                                      "loads its checkpoint and its tokenizer.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step for --checkpoint_dir "
+                             "(default: the latest).")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config: random "
                                           "weights and a byte tokenizer (smoke runs).")
 _PROMPT = flags.DEFINE_multi_string("prompt", [], "A prompt; repeat the flag for a batch.")
@@ -32,15 +38,19 @@ _SEGMENT = flags.DEFINE_integer("prefill_segment_len", 2048, "Prefill segment le
 _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Override compute dtype.")
 
 
-class ByteTokenizer:
-  """UTF-8 bytes as token ids (for --config smoke runs)."""
-  eos_ids = ()
+class TrainTokenizer:
+  """The trainer's tokenizers (m1jax.train.data) with the eos_ids tuple generate takes."""
+
+  def __init__(self, tok):
+    self._tok = tok
+    self.eos_ids = () if tok.eos_id is None else (tok.eos_id,)
 
   def encode(self, text):
-    return list(text.encode("utf-8"))
+    bos = [] if self._tok.bos_id is None else [self._tok.bos_id]
+    return bos + [int(i) for i in self._tok.encode(text)]
 
   def decode(self, ids):
-    return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+    return self._tok.decode(ids)
 
 
 class HFTokenizer:
@@ -69,15 +79,25 @@ def _load():
       raise app.UsageError(f"--hf_dir: no tokenizer.json in {_HF_DIR.value}")
     model, params = m1jax.from_pretrained(_HF_DIR.value, **overrides)
     return model, params, HFTokenizer(tok_path, os.path.join(_HF_DIR.value, "config.json"))
+  from m1jax.train.data import ByteTokenizer, make_tokenizer
+  if _CHECKPOINT_DIR.value:
+    from m1jax.train.checkpointing import restore_trained_params
+    config, model, params = restore_trained_params(_CHECKPOINT_DIR.value, _STEP.value)
+    if overrides:
+      model = m1jax.MiniMaxM1ForCausalLM(model.config.replace(**overrides))
+    tok = make_tokenizer(config.data, model.config.vocab_size)
+    return model, params, TrainTokenizer(tok)
   if _CONFIG.value is None:
-    raise app.UsageError("pass --hf_dir or --config")
+    raise app.UsageError("pass --hf_dir, --checkpoint_dir or --config")
   cfg = m1jax.ModelConfig.from_dict({**_CONFIG.value.model.to_dict(), **overrides})
   model = m1jax.MiniMaxM1ForCausalLM(cfg)
-  return model, m1jax.init_params(model, jax.random.key(_SEED.value)), ByteTokenizer()
+  return (model, m1jax.init_params(model, jax.random.key(_SEED.value)),
+          TrainTokenizer(ByteTokenizer()))
 
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every restore step at INFO
   import m1jax
   prompts = list(_PROMPT.value)
   if _PROMPTS_FILE.value:

@@ -78,3 +78,34 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def restore_trained_params(workdir: str, step: Optional[int] = None):
+  """(config ConfigDict, model, params) from a trainer workdir's checkpoint (latest by
+  default), for sampling or export. The optimizer state is restored too (Orbax restores the
+  saved tree whole) and dropped."""
+  # Imported here: the training loop imports this module.
+  import ml_collections
+  from m1jax.config import ModelConfig
+  from m1jax.model import MiniMaxM1ForCausalLM
+  from m1jax.train.loop import _init_state
+  from m1jax.train.optimizer import make_optimizer
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"no trainer checkpoints under {workdir!r} (expected "
+                            f"{directory}/<step>)")
+  ckpt = Checkpointer(workdir, keep=1_000_000, async_save=False)
+  try:
+    step = ckpt.latest_step() if step is None else step
+    if step is None or step not in ckpt.manager.all_steps():
+      raise FileNotFoundError(f"{directory}: no checkpoint for step {step!r}; have "
+                              f"{sorted(ckpt.manager.all_steps())}")
+    saved = ckpt.manager.restore(step, args=ocp.args.Composite(
+        config=ocp.args.JsonRestore())).config
+    config = ml_collections.ConfigDict(saved)
+    model = MiniMaxM1ForCausalLM(ModelConfig.from_dict(config.model.to_dict()))
+    tx, _ = make_optimizer(config.optimizer, config.train.num_steps)
+    state, _ = ckpt.restore(step, jax.eval_shape(lambda: _init_state(model, tx, 0)))
+  finally:
+    ckpt.close()
+  return config, model, state.params
