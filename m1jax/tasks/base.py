@@ -1,5 +1,6 @@
 """The task interface: an Example is a prompt, the completion a model should write, and the
 final answer the grader checks."""
+import abc
 import dataclasses
 
 import numpy as np
@@ -12,7 +13,7 @@ class Example:
   answer: str       # the final answer alone; graders compare against it
 
 
-class Task:
+class Task(abc.ABC):
   """Subclasses implement `_make(rng)` and may override `extract_answer`."""
   name = "task"
   # Separates a worked trace from the final answer in completions.
@@ -22,8 +23,9 @@ class Task:
     """Example `index` of stream `split` (0 train, 1 eval), a pure function of its inputs."""
     return self._make(np.random.default_rng([seed, split, index]))
 
+  @abc.abstractmethod
   def _make(self, rng: np.random.Generator) -> Example:
-    raise NotImplementedError
+    """One example drawn with `rng` (the only source of randomness)."""
 
   def extract_answer(self, completion: str) -> str:
     """The text after the last answer mark, up to the end of the line."""
