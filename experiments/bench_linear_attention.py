@@ -13,6 +13,15 @@ mode, so its times are interpreter cost (correctness only), never kernel speed:
   python -m experiments.bench_linear_attention --impls=chunked,pallas_tpu \
       --seq_lens=512,1024,2048 --out=benchmarks/results/linear_attention_pallas_interpret_cpu.json naive holds B*H*T^2 float32 score matrices, so it is skipped above
 --max_naive_t and the reason recorded. Writes benchmarks/results/linear_attention_cpu.json.
+
+GPU contenders (issue 4; needs JAX_PLATFORMS=cuda, which overrides the CPU default below):
+  pallas_gpu  pallas_kernels/lightning_gpu.py through impl="pallas_gpu";
+  chunked     the XLA chunked reference;
+  cudnn       jax.nn.dot_product_attention(implementation="cudnn", is_causal=True);
+  fla         flash-linear-attention's chunk_simple_gla(g_gamma=-slope, scale=1) in PyTorch,
+              imported only when listed (pip install flash-linear-attention beside torch).
+--heads_sweep runs every point for each H. Each point also gets TFLOP/s (`_flops`) and,
+when fla ran at the same (H, mode, T), ratio_to_fla = time / time(fla).
 """
 import os
 
@@ -45,10 +54,16 @@ _HEAD_DIM = flags.DEFINE_integer("head_dim", 64, "D.")
 _BLOCK = flags.DEFINE_integer("block_size", 256, "Chunked block length C.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "q/k/v dtype.")
 _REPEATS = flags.DEFINE_integer("repeats", 7, "Timed runs per point (median reported).")
+_HEADS_SWEEP = flags.DEFINE_list("heads_sweep", [], "If set, every H to run (overrides --heads).")
+
+# Contenders that are not `lightning_attention` impls.
+_EXTERNAL = ("cudnn", "fla")
 
 
 def _make_fn(impl: str, mode: str, block_size: int):
   """A jitted fwd (out, state) or fwd+bwd (grads of q, k, v, initial_state) function."""
+  if impl == "cudnn":
+    return _make_cudnn_fn(mode)
 
   def forward(q, k, v, slope, state):
     return lightning_attention(q, k, v, slope, initial_state=state, impl=impl,
@@ -65,8 +80,66 @@ def _make_fn(impl: str, mode: str, block_size: int):
   return jax.jit(jax.grad(loss, argnums=(0, 1, 2, 4)))
 
 
-def _inputs(t: int):
-  b, h, d = _BATCH.value, _HEADS.value, _HEAD_DIM.value
+def _make_cudnn_fn(mode: str):
+  """Causal softmax flash attention (cuDNN) on the same [B,T,H,D] q, k, v."""
+
+  def forward(q, k, v, slope, state):
+    del slope, state
+    return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
+
+  if mode == "fwd":
+    return jax.jit(forward)
+
+  def loss(q, k, v, slope, state):
+    return jnp.sum(forward(q, k, v, slope, state).astype(jnp.float32))
+
+  return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+
+
+def _measure_fla(mode: str, args) -> dict:
+  """fla's chunk_simple_gla (Triton) timed with CUDA events; imported only when requested."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from fla.ops.simple_gla import chunk_simple_gla  # pylint: disable=g-import-not-at-top
+
+  q, k, v, slope, _ = (torch.from_numpy(np.asarray(x.astype(jnp.float32))).cuda() for x in args)
+  dtype = torch.bfloat16 if _DTYPE.value == "bfloat16" else torch.float32
+  q, k, v = (x.to(dtype).requires_grad_(mode == "fwd_bwd") for x in (q, k, v))
+  g_gamma = -slope  # log-decay per head: decay exp(-slope)
+
+  def run():
+    out, final = chunk_simple_gla(q, k, v, g_gamma=g_gamma, scale=1.0, output_final_state=True)
+    if mode == "fwd_bwd":
+      (out.float().sum() + final.float().sum()).backward()
+
+  run()
+  torch.cuda.synchronize()
+  times = []
+  for _ in range(_REPEATS.value):
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    run()
+    end.record()
+    torch.cuda.synchronize()
+    times.append(start.elapsed_time(end) / 1e3)
+  return {"median_s": statistics.median(times), "min_s": min(times), "times_s": times,
+          "fla_version": getattr(__import__("fla"), "__version__", None)}
+
+
+def _flops(impl: str, mode: str, t: int, h: int) -> float:
+  """Nominal FLOPs of one call. Linear contenders (chunk C = --block_size): per token
+  4CD + 4D^2 forward and 12CD + 10D^2 backward (lightning_tpu.py's matmul counts). cudnn:
+  causal softmax attention, 2 T^2 D forward and 2.5x that backward (per (b, h))."""
+  b, d, c = _BATCH.value, _HEAD_DIM.value, _BLOCK.value
+  if impl == "cudnn":
+    fwd = 2.0 * t * t * d
+    return b * h * (fwd if mode == "fwd" else 3.5 * fwd)
+  fwd = t * (4.0 * c * d + 4.0 * d * d)
+  bwd = t * (12.0 * c * d + 10.0 * d * d)
+  return b * h * (fwd if mode == "fwd" else fwd + bwd)
+
+
+def _inputs(t: int, h: int = 0):
+  b, h, d = _BATCH.value, h or _HEADS.value, _HEAD_DIM.value
   rng = np.random.default_rng(0)
   # Small values keep the undecayed (slope ~ 0) sums far from overflow at T = 16k.
   q, k, v = (jnp.asarray(0.1 * rng.standard_normal((b, t, h, d)), _DTYPE.value)
@@ -81,14 +154,18 @@ def _naive_gib(t: int) -> float:
   return _BATCH.value * _HEADS.value * t * t * 4 / 2**30
 
 
-def measure(impl: str, mode: str, t: int) -> dict:
+def measure(impl: str, mode: str, t: int, h: int = 0) -> dict:
   """Compiles once, warms up once, then times --repeats runs."""
-  point = {"impl": impl, "mode": mode, "T": t}
+  point = {"impl": impl, "mode": mode, "T": t, "H": h or _HEADS.value}
   if impl == "naive" and t > _MAX_NAIVE_T.value:
     point["skipped"] = (f"T > --max_naive_t={_MAX_NAIVE_T.value}: each B*H*T^2 float32 "
                         f"matrix is {_naive_gib(t):.1f} GiB and fwd+bwd keeps several")
     return point
-  args = _inputs(t)
+  args = _inputs(t, h)
+  if impl == "fla":
+    point.update(_measure_fla(mode, args))
+    point["tflops"] = _flops(impl, mode, t, point["H"]) / point["median_s"] / 1e12
+    return point
   start = time.perf_counter()
   compiled = _make_fn(impl, mode, _BLOCK.value).lower(*args).compile()
   point["compile_s"] = time.perf_counter() - start
@@ -99,12 +176,22 @@ def measure(impl: str, mode: str, t: int) -> dict:
     jax.block_until_ready(compiled(*args))
     times.append(time.perf_counter() - start)
   point.update(median_s=statistics.median(times), min_s=min(times), times_s=times)
+  point["tflops"] = _flops(impl, mode, t, point["H"]) / point["median_s"] / 1e12
   return point
+
+
+def _add_fla_ratios(points: list[dict]) -> None:
+  fla = {(p["H"], p["mode"], p["T"]): p.get("median_s") for p in points if p["impl"] == "fla"}
+  for p in points:
+    ref = fla.get((p["H"], p["mode"], p["T"]))
+    if ref and p.get("median_s"):
+      p["ratio_to_fla"] = p["median_s"] / ref
 
 
 def _add_ratios(points: list[dict]) -> list[dict]:
   """Adds ratio_vs_half_T to each point and returns per-(mode, T) cross-impl ratios."""
-  median = {(p["impl"], p["mode"], p["T"]): p.get("median_s") for p in points}
+  median = {(p["impl"], p["mode"], p["T"]): p.get("median_s") for p in points
+            if p["H"] == points[0]["H"]}
   for p in points:
     half = median.get((p["impl"], p["mode"], p["T"] // 2))
     if p.get("median_s") and half:
@@ -144,7 +231,8 @@ def _fmt(x, spec):
 
 def _print_table(points: list[dict], cross: list[dict], fits: list[dict]) -> None:
   by_key = {(p["impl"], p["mode"], p["T"]): p for p in points}
-  impls = [i for i in ("naive", "recurrent", "chunked", "pallas_tpu") if i in _IMPLS.value]
+  impls = [i for i in ("naive", "recurrent", "chunked", "pallas_tpu", "pallas_gpu", *_EXTERNAL)
+           if i in _IMPLS.value]
   for mode in _MODES.value:
     print(f"\n{mode}: median ms (x time(T)/time(T/2))")
     header = f"{'T':>6} " + " ".join(f"{i:>20}" for i in impls)
@@ -180,15 +268,18 @@ def main(argv):
   load_at_start = os.getloadavg()[0]
   start = time.perf_counter()
   points = []
-  for mode in _MODES.value:
-    for impl in _IMPLS.value:
-      for t in seq_lens:
-        point = measure(impl, mode, t)
-        points.append(point)
-        print(f"{impl:>9} {mode:>7} T={t:>6}: "
-              + (point["skipped"] if "skipped" in point
-                 else f"{1e3 * point['median_s']:.2f} ms (compile {point['compile_s']:.2f} s)"),
-              flush=True)
+  heads = [int(h) for h in _HEADS_SWEEP.value] or [_HEADS.value]
+  for h in heads:
+    for mode in _MODES.value:
+      for impl in _IMPLS.value:
+        for t in seq_lens:
+          point = measure(impl, mode, t, h)
+          points.append(point)
+          print(f"{impl:>10} {mode:>7} H={h:>3} T={t:>6}: "
+                + (point["skipped"] if "skipped" in point
+                   else f"{1e3 * point['median_s']:.2f} ms {point['tflops']:.1f} TFLOP/s"),
+                flush=True)
+  _add_fla_ratios(points)
   cross = _add_ratios(points)
   fits = _scaling_exponents(points)
   device = jax.devices()[0]
@@ -196,11 +287,12 @@ def main(argv):
       "benchmark": "lightning_attention scaling vs T",
       "command": "python -m experiments.bench_linear_attention",
       "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+      "gpu_name": device.device_kind if device.platform == "gpu" else None,
       "device": {"device_kind": device.device_kind, "platform": device.platform,
                  "cpu_count": os.cpu_count(),
                  "load_avg_1m": {"start": load_at_start, "end": os.getloadavg()[0]}},
       "jax_version": jax.__version__,
-      "config": {"B": _BATCH.value, "H": _HEADS.value, "D": _HEAD_DIM.value,
+      "config": {"B": _BATCH.value, "H": heads, "D": _HEAD_DIM.value,
                  "block_size": _BLOCK.value, "dtype": _DTYPE.value, "seq_lens": seq_lens,
                  "impls": _IMPLS.value, "modes": _MODES.value,
                  "max_naive_t": _MAX_NAIVE_T.value, "repeats": _REPEATS.value,

@@ -20,52 +20,57 @@ from pallas_kernels.lightning_tpu import BlockSizes, Interpret
 Array = jax.Array
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
-def _lightning(q, k, v, slope_H, state_BHDD, block_sizes, interpret):
-  return lightning_tpu.forward(q, k, v, slope_H, state_BHDD, block_sizes=block_sizes,
-                               interpret=interpret)
+def make_custom_vjp(kernels):
+  """The differentiable kernel call for a module with `forward` and `backward` of
+  lightning_tpu's signatures; shared by the TPU and GPU kernels (lightning_gpu_ops)."""
+
+  @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+  def lightning(q, k, v, slope_H, state_BHDD, block_sizes, interpret):
+    return kernels.forward(q, k, v, slope_H, state_BHDD, block_sizes=block_sizes,
+                           interpret=interpret)
+
+  def lightning_fwd(q, k, v, slope_H, state_BHDD, block_sizes, interpret):
+    out, final_state = kernels.forward(q, k, v, slope_H, state_BHDD,
+                                       block_sizes=block_sizes, interpret=interpret)
+    return (out, final_state), (q, k, v, slope_H, state_BHDD, final_state)
+
+  def lightning_bwd(block_sizes, interpret, residuals, cotangents):
+    q, k, v, slope_H, state_BHDD, final_state = residuals
+    d_out, d_final_state = cotangents
+    return kernels.backward(q, k, v, slope_H, state_BHDD, final_state,
+                            d_out.astype(q.dtype), d_final_state.astype(jnp.float32),
+                            block_sizes=block_sizes, interpret=interpret)
+
+  lightning.defvjp(lightning_fwd, lightning_bwd)
+  return lightning
 
 
-def _lightning_fwd(q, k, v, slope_H, state_BHDD, block_sizes, interpret):
-  out, final_state = lightning_tpu.forward(q, k, v, slope_H, state_BHDD,
-                                           block_sizes=block_sizes, interpret=interpret)
-  return (out, final_state), (q, k, v, slope_H, state_BHDD, final_state)
+_lightning = make_custom_vjp(lightning_tpu)
 
 
-def _lightning_bwd(block_sizes, interpret, residuals, cotangents):
-  q, k, v, slope_H, state_BHDD, final_state = residuals
-  d_out, d_final_state = cotangents
-  return lightning_tpu.backward(q, k, v, slope_H, state_BHDD, final_state,
-                                d_out.astype(q.dtype), d_final_state.astype(jnp.float32),
-                                block_sizes=block_sizes, interpret=interpret)
-
-
-_lightning.defvjp(_lightning_fwd, _lightning_bwd)
-
-
-def _validate(q, k, v, slope, initial_state) -> None:
-  """Raises ValueError naming the offending argument."""
+def _validate(q, k, v, slope, initial_state, fn: str = "lightning_attention_tpu") -> None:
+  """Raises ValueError naming the offending argument (messages start with `fn`)."""
   if q.ndim != 4:
-    raise ValueError(f"lightning_attention_tpu: q must have rank 4 [B,T,H,D]; got {q.shape}.")
+    raise ValueError(f"{fn}: q must have rank 4 [B,T,H,D]; got {q.shape}.")
   if not (q.shape == k.shape == v.shape):
-    raise ValueError("lightning_attention_tpu: q, k, v must share one [B,T,H,D] shape; got "
+    raise ValueError(f"{fn}: q, k, v must share one [B,T,H,D] shape; got "
                      f"q {q.shape}, k {k.shape}, v {v.shape}.")
   if not (q.dtype == k.dtype == v.dtype):
-    raise ValueError("lightning_attention_tpu: q, k, v must share one dtype; got "
+    raise ValueError(f"{fn}: q, k, v must share one dtype; got "
                      f"q {q.dtype}, k {k.dtype}, v {v.dtype}.")
   if jnp.dtype(q.dtype) not in lightning_tpu.SUPPORTED_DTYPES:
-    raise ValueError(f"lightning_attention_tpu: q, k, v dtype must be float32 or bfloat16; "
+    raise ValueError(f"{fn}: q, k, v dtype must be float32 or bfloat16; "
                      f"got {q.dtype}.")
   b, t, h, d = q.shape
   if d not in lightning_tpu.SUPPORTED_HEAD_DIMS:
-    raise ValueError(f"lightning_attention_tpu: head_dim D={d} (q shape {q.shape}) is not "
+    raise ValueError(f"{fn}: head_dim D={d} (q shape {q.shape}) is not "
                      f"supported; the kernel supports {lightning_tpu.SUPPORTED_HEAD_DIMS}. "
                      "Use impl='chunked' (or 'auto') for other head dims.")
   if jnp.shape(slope) != (h,):
-    raise ValueError(f"lightning_attention_tpu: slope must have shape [H]=({h},) for q of "
+    raise ValueError(f"{fn}: slope must have shape [H]=({h},) for q of "
                      f"shape {q.shape}; got {jnp.shape(slope)}.")
   if initial_state is not None and jnp.shape(initial_state) != (b, h, d, d):
-    raise ValueError("lightning_attention_tpu: initial_state must have shape "
+    raise ValueError(f"{fn}: initial_state must have shape "
                      f"[B,H,D,D]={(b, h, d, d)}; got {jnp.shape(initial_state)}.")
 
 

@@ -24,5 +24,22 @@ def _pallas_tpu_auto(q, k, v, slope, initial_state=None, block_size=None) -> boo
   return lightning_tpu_ops.auto_supported(q, k, v, slope, initial_state, block_size)
 
 
+def _pallas_gpu(*args, **kwargs):
+  """impl="pallas_gpu": pallas_kernels/lightning_gpu.py (Mosaic GPU interpret mode off GPU)."""
+  from pallas_kernels import lightning_gpu_ops  # pylint: disable=g-import-not-at-top
+  return lightning_gpu_ops.operator_impl(*args, **kwargs)
+
+
+def _pallas_gpu_auto(q, k, v, slope, initial_state=None, block_size=None) -> bool:
+  """"auto" picks the kernel only on a GPU backend (checked before importing Pallas)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.default_backend() not in ("gpu", "cuda"):
+    return False
+  from pallas_kernels import lightning_gpu_ops  # pylint: disable=g-import-not-at-top
+  return lightning_gpu_ops.auto_supported(q, k, v, slope, initial_state, block_size)
+
+
 IMPLEMENTATIONS.setdefault("pallas_tpu", _pallas_tpu)
+IMPLEMENTATIONS.setdefault("pallas_gpu", _pallas_gpu)
 linear_attention.AUTO_CANDIDATES.append(("pallas_tpu", _pallas_tpu_auto))
+linear_attention.AUTO_CANDIDATES.append(("pallas_gpu", _pallas_gpu_auto))

@@ -13,8 +13,8 @@ Three implementations of that one function sit behind `lightning_attention(impl=
   "chunked":   a `lax.scan` over blocks of C tokens carrying the fp32 state (prefill and
                training path); intra-block masked matmul + inter-block state read.
 "auto" resolves to the first kernel in `AUTO_CANDIDATES` that supports the inputs on this
-backend ("pallas_tpu" on TPU), else "chunked"; Pallas kernels register themselves in
-`IMPLEMENTATIONS` (see m1jax/ops/__init__.py).
+backend ("pallas_tpu" on TPU, "pallas_gpu" on GPU), else "chunked"; Pallas kernels register
+themselves in `IMPLEMENTATIONS` (see m1jax/ops/__init__.py).
 
 Dimension alphabet: B batch, T time, H heads, D head dim, C block length (N blocks). In einsum
 strings S is a second (key-side) time axis beside T or C, and E is the value-side head dim, so

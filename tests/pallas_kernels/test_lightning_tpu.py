@@ -7,13 +7,11 @@ final state) are compared, for fp32 and bf16, T in {1, C-1, C+1, several C}, hea
 128, B*H = 6 and slopes 1e-6 .. 20 in every case.
 """
 import dataclasses
-import functools
 
 import jax
 from jax._src.pallas.mosaic.interpret import interpret_pallas_call as _interpret_impl
 from jax.experimental.pallas import tpu as pltpu
 import jax.numpy as jnp
-import numpy as np
 import optax
 import pytest
 
@@ -24,27 +22,12 @@ from pallas_kernels import lightning_tpu
 from pallas_kernels.lightning_tpu import BlockSizes
 from pallas_kernels.lightning_tpu_ops import lightning_attention_tpu
 from tests.assertions import assert_close
+from tests.pallas_kernels.cases import (BLOCK, CASES, bad_input_cases, case_id,
+                                        check_against_chunked, make_inputs)
 from tests.test_model import random_ids, random_params, tiny
 
-B, H = 2, 3             # B*H = 6, not a power of two
-BLOCK = 16
-# Extremes of the model's range (SPEC.md §3.3 spans 4.9e-5 .. 0.92) and beyond.
-SLOPES = (1e-6, 0.5, 20.0)
 INTERPRET = pltpu.InterpretParams(detect_races=True, uninitialized_memory="nan")
-_DTYPE_NAME = {jnp.float32: "f32", jnp.bfloat16: "bf16"}
-
-CASES = [
-    # (T, D, dtype)
-    *[(t, 64, dt) for dt in (jnp.float32, jnp.bfloat16)
-      for t in (1, BLOCK - 1, BLOCK + 1, 4 * BLOCK)],
-    (2 * BLOCK + 5, 128, jnp.float32),
-    (3 * BLOCK, 128, jnp.bfloat16),
-]
-
-
-def _case_id(case):
-  t, d, dtype = case
-  return f"B{B}-T{t}-H{H}-D{d}-{_DTYPE_NAME[dtype]}"
+_inputs = make_inputs
 
 
 @pytest.fixture(autouse=True)
@@ -62,44 +45,21 @@ def no_races(monkeypatch):
   assert not any(s.races_found for s in states), "TPU interpret mode detected a data race"
 
 
-def _inputs(t, d, dtype, seed=0):
-  rng = np.random.default_rng(seed)
-  q, k, v = (jnp.asarray(rng.standard_normal((B, t, H, d)) / np.sqrt(d), dtype)
-             for _ in range(3))
-  state = jnp.asarray(rng.standard_normal((B, H, d, d)), jnp.float32)
-  cot_out = jnp.asarray(rng.standard_normal((B, t, H, d)), dtype)
-  cot_state = jnp.asarray(rng.standard_normal((B, H, d, d)), jnp.float32)
-  return (q, k, v, jnp.asarray(SLOPES, jnp.float32), state), (cot_out, cot_state)
+def _kernel(q, k, v, slope, state, interpret=INTERPRET):
+  return lightning_attention_tpu(q, k, v, slope, initial_state=state,
+                                 block_sizes=BlockSizes(BLOCK), interpret=interpret)
 
 
-@functools.partial(jax.jit, static_argnames=("impl", "interpret"))
-def _value_and_vjp(args, cots, *, impl, interpret=INTERPRET):
-  """((out, final_state), (dq, dk, dv, dslope, dstate)) for one implementation."""
-
-  def f(q, k, v, slope, state):
-    if impl == "kernel":
-      return lightning_attention_tpu(q, k, v, slope, initial_state=state,
-                                     block_sizes=BlockSizes(BLOCK), interpret=interpret)
-    return lightning_attention(q, k, v, slope, initial_state=state, impl=impl,
-                               block_size=BLOCK)
-
-  outs, pullback = jax.vjp(f, *args)
-  return outs, pullback(cots)
+def _kernel_two_cores(q, k, v, slope, state):
+  return _kernel(q, k, v, slope, state,
+                 interpret=dataclasses.replace(INTERPRET, num_cores_or_threads=2))
 
 
-def _check_against_chunked(args, cots, dtype, **kwargs):
-  (out, final), grads = _value_and_vjp(args, cots, impl="kernel", **kwargs)
-  (ref_out, ref_final), ref_grads = _value_and_vjp(args, cots, impl="chunked")
-  name = np.dtype(dtype).name
-  assert out.dtype == dtype and final.dtype == jnp.float32
-  assert_close(out, ref_out, dtype=name, name="out")
-  assert_close(final, ref_final, dtype=name, name="final_state")
-  for label, g, ref_g in zip(("dq", "dk", "dv", "dslope", "dstate"), grads, ref_grads):
-    assert g.shape == ref_g.shape and g.dtype == ref_g.dtype, label
-    assert_close(g, ref_g, dtype=name, name=label)
+def _check_against_chunked(args, cots, dtype, kernel=_kernel):
+  check_against_chunked(kernel, args, cots, dtype)
 
 
-@pytest.mark.parametrize("case", CASES, ids=_case_id)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_kernel_matches_chunked_forward_and_all_gradients(case):
   t, d, dtype = case
   args, cots = _inputs(t, d, dtype)
@@ -110,8 +70,7 @@ def test_two_simulated_cores_split_the_parallel_grid_without_races():
   # B and H are "parallel": with two cores each takes part of the grid; the per-core VMEM
   # state must not leak between (b, h) pairs and no output block may be written twice.
   args, cots = _inputs(BLOCK + 1, 64, jnp.float32, seed=3)
-  two_cores = dataclasses.replace(INTERPRET, num_cores_or_threads=2)
-  _check_against_chunked(args, cots, jnp.float32, interpret=two_cores)
+  _check_against_chunked(args, cots, jnp.float32, kernel=_kernel_two_cores)
 
 
 def test_large_inputs_and_extreme_slopes_stay_finite():
@@ -155,17 +114,10 @@ def _bad(q, k, v, slope, state):
   return lightning_attention_tpu(q, k, v, slope, initial_state=state, interpret=INTERPRET)
 
 
-@pytest.mark.parametrize("change, match", [
-    (lambda a: {**a, "k": a["k"][:, :-1]}, "q, k, v must share one"),
-    (lambda a: {**a, "v": a["v"].astype(jnp.bfloat16)}, "q, k, v must share one dtype"),
-    (lambda a: {n: (x.astype(jnp.float16) if n in "qkv" else x) for n, x in a.items()},
-     "dtype must be float32 or bfloat16"),
-    (lambda a: {**{n: a[n][..., :32] for n in "qkv"}, "slope": a["slope"], "state": None},
-     "head_dim D=32"),
-    (lambda a: {**a, "slope": a["slope"][:2]}, "slope must have shape"),
-    (lambda a: {**a, "slope": a["slope"][:, None]}, "slope must have shape"),
-    (lambda a: {**a, "state": a["state"][:, :, :8]}, "initial_state must have shape"),
-], ids=["shape", "dtype-mismatch", "dtype-f16", "head_dim", "slope-len", "slope-rank", "state"])
+_BAD = bad_input_cases()
+
+
+@pytest.mark.parametrize("change, match", [c[:2] for c in _BAD], ids=[c[2] for c in _BAD])
 def test_bad_inputs_raise_value_error_naming_the_argument(change, match):
   (q, k, v, slope, state), _ = _inputs(3, 64, jnp.float32)
   kwargs = change(dict(q=q, k=k, v=v, slope=slope, state=state))

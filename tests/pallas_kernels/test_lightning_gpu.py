@@ -1,0 +1,108 @@
+"""Pallas Mosaic GPU lightning kernel (pallas_kernels/lightning_gpu.py) against chunked.
+
+On CPU this runs in Mosaic GPU interpret mode (jax's GPU interpreter: simulated SMEM/GMEM,
+TMA copies and barriers) with race detection and NaN-filled uninitialised memory, over the
+adversarial matrix shared with the TPU kernel (tests/pallas_kernels/cases.py). Interpret
+mode proves the math and the chunk/barrier/copy plumbing, not Hopper codegen: see the
+module docstring of lightning_gpu.py for what changes on hardware. On a GPU backend the same
+tests run the compiled kernel (interpret=None resolves to Mosaic GPU there).
+"""
+import jax
+from jax._src.pallas.mosaic_gpu.interpret import gpu_callbacks as _gpu_callbacks
+import jax.numpy as jnp
+import pytest
+
+from m1jax.ops import lightning_attention
+from m1jax.ops import linear_attention as la
+from pallas_kernels import lightning_gpu
+from pallas_kernels.lightning_gpu import BlockSizes
+from pallas_kernels.lightning_gpu_ops import lightning_attention_gpu
+from tests.assertions import assert_close
+from tests.pallas_kernels.cases import (BLOCK, CASES, bad_input_cases, case_id,
+                                        check_against_chunked, make_inputs)
+
+_ON_GPU = jax.default_backend() in ("gpu", "cuda")
+# None on a GPU: the compiled kernel. Elsewhere: interpret mode with race detection.
+INTERPRET = None if _ON_GPU else lightning_gpu.default_interpret_params(detect_races=True)
+
+
+@pytest.fixture(autouse=True)
+def no_races():
+  """Fails the test if the GPU interpreter's race detector flagged any kernel it ran."""
+  yield
+  # Module state (None until a kernel has been interpreted in this process), read directly
+  # because get_races() asserts it exists.
+  races = getattr(_gpu_callbacks, "_races", None)
+  if not _ON_GPU and races is not None:
+    assert not races.races_found, "Mosaic GPU interpret mode detected a data race"
+
+
+def _kernel(q, k, v, slope, state):
+  return lightning_attention_gpu(q, k, v, slope, initial_state=state,
+                                 block_sizes=BlockSizes(BLOCK), interpret=INTERPRET)
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_kernel_matches_chunked_forward_and_all_gradients(case):
+  t, d, dtype = case
+  args, cots = make_inputs(t, d, dtype)
+  check_against_chunked(_kernel, args, cots, dtype)
+
+
+def test_large_inputs_and_extreme_slopes_stay_finite():
+  # As for the TPU kernel: slope 1e-6 next to slope 20 over 4 chunks of large inputs.
+  args, cots = make_inputs(4 * BLOCK, 64, jnp.bfloat16, seed=5)
+  args = tuple(x * 30 if i < 3 else x for i, x in enumerate(args))
+  check_against_chunked(_kernel, args, cots, jnp.bfloat16)
+
+
+def test_operator_routes_pallas_gpu_to_the_kernel_and_auto_to_chunked_on_cpu(monkeypatch):
+  (q, k, v, slope, state), _ = make_inputs(BLOCK + 3, 64, jnp.float32, seed=7)
+  calls = []
+  original = lightning_gpu.forward
+  monkeypatch.setattr(lightning_gpu, "forward",
+                      lambda *a, **kw: calls.append(1) or original(*a, **kw))
+  out, final = lightning_attention(q, k, v, slope, initial_state=state, impl="pallas_gpu",
+                                   block_size=BLOCK)
+  assert calls, "impl='pallas_gpu' did not reach the kernel"
+  ref_out, ref_final = lightning_attention(q, k, v, slope, initial_state=state,
+                                           impl="chunked", block_size=BLOCK)
+  assert_close(out, ref_out, name="out")
+  assert_close(final, ref_final, name="final_state")
+  if not _ON_GPU:
+    assert la._resolve_impl("auto", (q, k, v, slope, state, BLOCK)) == "chunked"
+
+
+@pytest.mark.parametrize("backend", ["gpu", "cuda"])
+def test_auto_picks_the_gpu_kernel_on_gpu_only_for_supported_shapes(monkeypatch, backend):
+  monkeypatch.setattr(jax, "default_backend", lambda: backend)
+  (q, k, v, slope, state), _ = make_inputs(5, 64, jnp.float32)
+  assert la._resolve_impl("auto", (q, k, v, slope, state, None)) == "pallas_gpu"
+  q16 = q[..., :16]  # head_dim 16: not supported, fall back instead of failing
+  assert la._resolve_impl("auto", (q16, q16, q16, slope, None, None)) == "chunked"
+  assert la._resolve_impl("auto", (q, k, v, slope[:2], None, None)) == "chunked"
+
+
+def test_auto_on_tpu_still_picks_the_tpu_kernel(monkeypatch):
+  monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
+  (q, k, v, slope, state), _ = make_inputs(5, 64, jnp.float32)
+  assert la._resolve_impl("auto", (q, k, v, slope, state, None)) == "pallas_tpu"
+
+
+_BAD = bad_input_cases()
+
+
+@pytest.mark.parametrize("change, match", [c[:2] for c in _BAD], ids=[c[2] for c in _BAD])
+def test_bad_inputs_raise_value_error_naming_the_argument(change, match):
+  (q, k, v, slope, state), _ = make_inputs(3, 64, jnp.float32)
+  kwargs = change(dict(q=q, k=k, v=v, slope=slope, state=state))
+  with pytest.raises(ValueError, match="lightning_attention_gpu: .*" + match):
+    lightning_attention_gpu(kwargs["q"], kwargs["k"], kwargs["v"], kwargs["slope"],
+                            initial_state=kwargs["state"], interpret=INTERPRET)
+
+
+def test_operator_rejects_unsupported_head_dim_for_explicit_pallas_gpu():
+  (q, _, _, slope, _), _ = make_inputs(3, 64, jnp.float32)
+  q16 = q[..., :16]
+  with pytest.raises(ValueError, match="head_dim"):
+    lightning_attention(q16, q16, q16, slope, impl="pallas_gpu")
