@@ -46,7 +46,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from pallas_kernels import lightning_tpu
-from pallas_kernels.lightning_tpu import _chunk_decays, _weighted_rowdot
+from pallas_kernels.lightning_tpu import _Geometry, _chunk_decays, _weighted_rowdot
 
 Array = jax.Array
 _F32 = jnp.float32
@@ -121,23 +121,6 @@ def _store(src_smem, dst_gmem, value):
 
 def _masked(x, valid):
   return jnp.where(valid, x, jnp.zeros_like(x))
-
-
-@dataclasses.dataclass(frozen=True)
-class _Geometry:
-  batch: int
-  seq_len: int
-  heads: int
-  head_dim: int
-  chunk: int
-
-  @property
-  def num_chunks(self) -> int:
-    return -(-self.seq_len // self.chunk)
-
-  @property
-  def padded_len(self) -> int:
-    return self.num_chunks * self.chunk
 
 
 def _seq_block(ref, b, h, n, geo: _Geometry):
