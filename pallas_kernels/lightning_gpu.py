@@ -260,6 +260,9 @@ def _resolve_interpret(interpret: Interpret):
   return interpret
 
 
+COMPILER_PARAMS = plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Warpgroup)
+
+
 def _launch(body, geo: _Geometry, out_types, scratch, interpret: Interpret):
   interp = _resolve_interpret(interpret)
   kwargs = {} if interp is False else {"interpret": interp}
@@ -269,6 +272,10 @@ def _launch(body, geo: _Geometry, out_types, scratch, interpret: Interpret):
       scratch_types=scratch,
       grid=(geo.batch, geo.heads),
       grid_names=("b", "h"),
+      # Named, never defaulted: the default flipped from Lane to Warpgroup in jax 0.11.0.
+      # Warpgroup semantics infers register layouts and SMEM swizzles, which the array-level
+      # body here relies on.
+      compiler_params=COMPILER_PARAMS,
       **kwargs,
   )
 
