@@ -1,6 +1,6 @@
 """The released MiniMax-M1 / MiniMax-Text-01 architecture (456B total, 45.9B active).
 
-Every value is from MiniMax-M1's config.json (SPEC.md §1).
+Every value is from MiniMax-M1's config.json (docs/MODEL.md §3.1).
 
   python -m experiments.inspect_model --config=configs/minimax_m1_456b.py
 """

@@ -1,7 +1,7 @@
 """ModelConfig: the frozen, validated description of a MiniMax-M1-style model.
 
 It mirrors `config.model` of an ml_collections config field by field, and can also be built
-from a Hugging Face `config.json` in either key dialect (SPEC.md §4.2):
+from a Hugging Face `config.json` in either key dialect (docs/MODEL.md §8.3):
   * MiniMax's remote code (`model_type` "minimax_m1" / "minimax_text_01"): `attn_type_list`,
     `rotary_dim`, `layernorm_*_alpha/beta`, `postnorm`;
   * transformers' in-tree model (`model_type` "minimax"): `layer_types`, `rope_parameters`,
@@ -31,7 +31,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 class ModelConfig:
   """Hyper-parameters of the hybrid lightning/softmax MoE decoder.
 
-  Names follow the remote-code config.json where one exists; see SPEC.md §1 for the
+  Names follow the remote-code config.json where one exists; see docs/MODEL.md §3.1 for the
   released values.
   """
   vocab_size: int
@@ -49,7 +49,7 @@ class ModelConfig:
   rotary_dim: int
   rope_theta: float = 10_000_000.0
   max_position_embeddings: int = 10_240_000
-  # DeepNorm residual weights: out = alpha * h + beta * f(h) (SPEC.md §3.2).
+  # DeepNorm residual weights: out = alpha * h + beta * f(h) (docs/MODEL.md §4.3).
   layernorm_full_attention_alpha: float = 1.0
   layernorm_full_attention_beta: float = 1.0
   layernorm_linear_attention_alpha: float = 1.0
@@ -198,7 +198,7 @@ def _rope_from_hf(hf: Mapping[str, Any], head_dim: int) -> tuple[float, int]:
 
 
 def hf_config_to_fields(hf: Mapping[str, Any]) -> dict[str, Any]:
-  """Maps an HF config.json dict to ModelConfig fields (SPEC.md §1, §4.2)."""
+  """Maps an HF config.json dict to ModelConfig fields (docs/MODEL.md §8.3)."""
   model_type = hf.get("model_type")
   if model_type not in REMOTE_MODEL_TYPES + IN_TREE_MODEL_TYPES:
     raise ValueError(f"HF config: unknown model_type {model_type!r}; expected one of "
@@ -261,7 +261,7 @@ def hf_config_to_fields(hf: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def lightning_slopes(num_heads: int, num_layers: int) -> "list[list[float]]":
-  """Per-layer, per-head decay rates s_{l,h} (SPEC.md §3.3), as a [L][H] nested list.
+  """Per-layer, per-head decay rates s_{l,h} (docs/MODEL.md §6.2), as a [L][H] nested list.
 
   s_h are the official ALiBi slopes (with the standard interpolation when H is not a power
   of two) and the layer factor is 1 - l/(L-1) + 1e-5 over the GLOBAL layer index.

@@ -1,4 +1,4 @@
-"""Hugging Face -> m1jax: config.json and safetensors weights (SPEC.md §4).
+"""Hugging Face -> m1jax: config.json and safetensors weights (docs/MODEL.md §8).
 
 Reads a single `model.safetensors` or shards listed in `model.safetensors.index.json`, never
 pickle files. Maps every tensor to the model's params: `[out, in]` weights are transposed to

@@ -1,7 +1,7 @@
 """Parameter accounting from shapes alone (jax.eval_shape: nothing is allocated).
 
-`active` follows the M1 report's convention (SPEC.md §1): parameters a token passes through,
-with only top_k / E of the experts, and neither the embedding nor the lm_head.
+`active` follows the M1 report's convention (docs/MODEL.md §3.3): parameters a token passes
+through, with only top_k / E of the experts, and neither the embedding nor the lm_head.
 """
 from typing import Any
 
@@ -65,7 +65,7 @@ def count_params(config: ModelConfig) -> dict[str, Any]:
       "components": dict(sorted(counts.items())),
       "bytes_bf16": {name: 2 * n for name, n in sorted(counts.items())},
       "total_params": total,
-      # The release stores the router in float32 and everything else in bf16 (SPEC.md §1);
+      # The release stores the router in float32 and everything else in bf16 (docs/MODEL.md §3.3);
       # this must equal its index's total_size for the released config.
       "checkpoint_bytes": 2 * total + 2 * counts.get("router", 0),
       "active_params": int(round(active)),

@@ -2,7 +2,7 @@
 
 Mesh axes are `data, fsdp, expert, tensor, sequence` (size 1 where unused). Modules only
 name logical axes (m1jax/layers/params.py); these rules are the one place that decides the
-layout, as in DESIGN.md's table.
+layout (each parameter's logical axes: docs/MODEL.md §8.2).
 """
 from typing import Any
 

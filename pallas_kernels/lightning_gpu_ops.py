@@ -25,7 +25,7 @@ def lightning_attention_gpu(q: Array, k: Array, v: Array, slope: Array, *,
                             initial_state: Optional[Array] = None,
                             block_sizes: Optional[BlockSizes] = None,
                             interpret: Interpret = None) -> tuple[Array, Array]:
-  """Lightning attention (SPEC.md §3.3) with the Pallas Mosaic GPU kernels.
+  """Lightning attention (docs/MODEL.md §6.3) with the Pallas Mosaic GPU kernels.
 
   Args: as `lightning_attention_tpu`; `interpret` None picks Mosaic GPU when lowered for a
   GPU and Mosaic GPU interpret mode elsewhere, False forces Mosaic GPU, an

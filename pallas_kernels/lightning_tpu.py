@@ -1,8 +1,8 @@
 """Chunked lightning attention for TPU (Pallas / Mosaic TPU): forward and backward kernels.
 
-The math is the chunked form of SPEC.md §3.3, exactly as `m1jax.ops.linear_attention._chunked`
-computes it. Per batch row b and head h (decay rate s = slope[h]), chunk n holds C positions,
-of which m are real (m < C only in the tail chunk):
+The math is the chunked form of docs/MODEL.md §6.4, exactly as
+`m1jax.ops.linear_attention._chunked` computes it. Per batch row b and head h (decay rate
+s = slope[h]), chunk n holds C positions, of which m are real (m < C only in the tail chunk):
 
   forward, carrying S (the state before the chunk, [D,D] float32):
     O    = ((Q K^T) * Diag) V + (Q * qdecay) S       Diag[i,j] = exp(-s (i-j)) for i >= j, else 0

@@ -25,7 +25,7 @@ def lightning_attention_tpu(q: Array, k: Array, v: Array, slope: Array, *,
                             initial_state: Optional[Array] = None,
                             block_sizes: Optional[BlockSizes] = None,
                             interpret: Interpret = None) -> tuple[Array, Array]:
-  """Lightning attention (SPEC.md §3.3) with the Pallas TPU kernels, forward and backward.
+  """Lightning attention (docs/MODEL.md §6.3) with the Pallas TPU kernels, forward and backward.
 
   Args:
     q, k, v: [B,T,H,D], float32 or bfloat16, D in (64, 128).

@@ -1,6 +1,6 @@
 """ModelConfig: the shipped configs, validation, layer periodicity and both HF dialects.
 
-The 456B values are checked one by one against SPEC.md §1 (not against the config file that
+The 456B values are checked one by one against docs/MODEL.md §3.1 (not against the config file that
 is also under test), and every HF key is given a distinct value somewhere, so a key that
 lands in the wrong field cannot pass.
 """
@@ -16,7 +16,7 @@ from m1jax.config import ModelConfig
 IMPLEMENTATION_FIELDS = ("dtype", "param_dtype", "lm_head_fp32", "moe_impl", "lightning_impl",
                          "scan_layers", "remat")
 
-# attn_type_list of the release, written out from SPEC.md §1: softmax at 7, 15, ..., 79.
+# attn_type_list of the release, written out from docs/MODEL.md §3.1: softmax at 7, 15, ..., 79.
 RELEASE_SOFTMAX_LAYERS = tuple(range(7, 80, 8))
 RELEASE_ATTN_TYPES = [1 if l in RELEASE_SOFTMAX_LAYERS else 0 for l in range(80)]
 RELEASE_ALPHA = 3.5565588200778455
@@ -36,7 +36,7 @@ def shipped(name: str) -> ModelConfig:
 
 
 def released_remote_config_json() -> dict:
-  """MiniMax-M1's config.json as listed in SPEC.md §1 (remote-code dialect)."""
+  """MiniMax-M1's config.json as listed in docs/MODEL.md §3.1 (remote-code dialect)."""
   return {
       "architectures": ["MiniMaxM1ForCausalLM"],
       "attention_dropout": 0.0,
@@ -84,7 +84,7 @@ def released_remote_config_json() -> dict:
 
 
 def released_in_tree_config_json() -> dict:
-  """The same model in transformers' in-tree `minimax` dialect (SPEC.md §4.2 key table)."""
+  """The same model in transformers' in-tree `minimax` dialect (docs/MODEL.md §8.3 key table)."""
   return {
       "architectures": ["MiniMaxForCausalLM"],
       "model_type": "minimax",

@@ -4,7 +4,7 @@ Each case builds a random HF model, perturbs every norm weight (so a mis-mapped 
 hide behind all-ones), `save_pretrained`s it, loads it with m1jax.from_pretrained and
 compares logits (max |diff| <= 1e-4 * max |ref|), the LM loss with labels and the
 load-balancing loss. transformers' in-tree model rotates the whole head_dim
-(SPEC.md §4.2), so these cases use full rotary; partial rotary is tested against the
+(docs/MODEL.md §9), so these cases use full rotary; partial rotary is tested against the
 formula in tests/layers/test_rope.py.
 """
 import dataclasses
@@ -122,7 +122,7 @@ def test_dense_and_ragged_moe_give_same_logits_on_hf_weights(tmp_path, rng):
 
 
 def _to_remote_dialect(hf_config: dict) -> dict:
-  """Rewrites an in-tree `minimax` config.json into MiniMax's remote-code keys (SPEC §4.2)."""
+  """Rewrites an in-tree `minimax` config.json into remote-code keys (docs/MODEL.md §8.3)."""
   remote = {k: v for k, v in hf_config.items()
             if k not in ("layer_types", "rope_parameters", "block_size") and
             not k.endswith(("_alpha_factor", "_beta_factor"))}

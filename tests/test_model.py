@@ -188,12 +188,12 @@ def test_merge_rejects_wrong_layer_count():
 
 # ------------------------------------------------------------------ slopes
 def exact_slope(head: int, layer: int, num_heads: int = 64, num_layers: int = 80) -> float:
-  """SPEC.md §3.3 for power-of-two H: 2^(-(h+1)*8/H) * (1 - l/(L-1) + 1e-5)."""
+  """docs/MODEL.md §6.2 for power-of-two H: 2^(-(h+1)*8/H) * (1 - l/(L-1) + 1e-5)."""
   return 2.0 ** (-(head + 1) * 8 / num_heads) * (1 - layer / (num_layers - 1) + 1e-5)
 
 
 @pytest.mark.parametrize("layer, factor, first, last", [
-    # SPEC.md §3.3's table, digits as printed there.
+    # docs/MODEL.md §6.2's table, digits as printed there.
     (0, "1.00001", "0.917", "0.0039"),
     (40, "0.494", "0.453", "0.0019"),
     (78, "0.0127", "0.0116", "4.9e-05"),

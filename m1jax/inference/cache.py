@@ -1,5 +1,5 @@
 """The hybrid inference cache: a constant-size fp32 state per lightning layer and a KV cache
-per softmax layer (SPEC.md §3.3 recurrent form, §3.4 cached positions, §4.2 MiniMaxCache).
+per softmax layer (docs/MODEL.md §6.3 recurrent form, §5.1 cached positions, §6.6).
 
 Layout. `layers` mirrors the params of the decoder stack, so the scanned stack carries it as
 scan xs/ys:

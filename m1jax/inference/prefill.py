@@ -1,6 +1,6 @@
 """Segmented prefill: the prompt runs through the model `segment_len` tokens at a time, so
 lightning layers hold one [B,H,D,D] state plus one segment's activations whatever the prompt
-length (SPEC.md §3.3 chunked prefill, continued from the cache); softmax layers fill the
+length (docs/MODEL.md §6.4 chunked form, continued from the cache); softmax layers fill the
 KV cache as they go.
 """
 from typing import Optional

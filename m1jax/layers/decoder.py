@@ -1,4 +1,4 @@
-"""Post-norm DeepNorm decoder layer and the hybrid stack (SPEC.md §2, §3.2).
+"""Post-norm DeepNorm decoder layer and the hybrid stack (docs/MODEL.md §3.2, §4.3).
 
 The stack is driven by `attn_type_list`. When the list repeats with period p (the release:
 p = 8, seven lightning layers then one softmax layer), the p-layer group is `nn.scan`ned

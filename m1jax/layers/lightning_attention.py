@@ -1,4 +1,4 @@
-"""The lightning (linear) attention layer (SPEC.md §3.3).
+"""The lightning (linear) attention layer (docs/MODEL.md §6).
 
 qkv = silu(h @ W_qkv) with a per-head interleaved [q|k|v] layout, the linear-attention
 operator with decay exp(-slope) per head, one RMSNorm over all H*D features (eps 1e-6), a
@@ -24,7 +24,7 @@ class LightningAttention(nn.Module):
     """Returns y_BTM; with `cache` ({"state": [B,H,D,D] fp32}) returns (y_BTM, new cache).
 
     With a cache, k and v of tokens whose token_mask_BT is 0 (left padding) are zeroed, so
-    padding adds nothing to the state (SPEC.md §3.3, Padding); a single token uses the
+    padding adds nothing to the state (docs/MODEL.md §6.6); a single token uses the
     recurrent decode step.
     """
     cfg = self.config

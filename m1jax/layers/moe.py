@@ -1,5 +1,5 @@
 """Sparse MoE block: float32 softmax router -> top-k -> renormalise; SwiGLU experts
-(SPEC.md §3.5).
+(docs/MODEL.md §7).
 
 Two dispatch paths compute the same function:
   * "ragged" (default): dropless; sort the N*k (token, expert) assignments by expert, run the

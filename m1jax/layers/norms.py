@@ -1,4 +1,4 @@
-"""RMSNorm in float32 (SPEC.md §3.2)."""
+"""RMSNorm in float32 (docs/MODEL.md §4.2)."""
 from typing import Sequence
 
 import flax.linen as nn

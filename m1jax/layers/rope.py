@@ -1,4 +1,4 @@
-"""Partial NeoX rotary embedding, computed on the fly (SPEC.md §3.4).
+"""Partial NeoX rotary embedding, computed on the fly (docs/MODEL.md §5.2).
 
 Only the first `rotary_dim` dims of each head rotate, in rotate-half style within those dims
 (pairs (i, i + rotary_dim/2)); the rest pass through. cos/sin come from the positions

@@ -1,4 +1,4 @@
-"""Softmax GQA attention with partial RoPE (SPEC.md §3.4): layers 7, 15, ..., 79."""
+"""Softmax GQA attention with partial RoPE (docs/MODEL.md §5): layers 7, 15, ..., 79."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp

@@ -1,6 +1,6 @@
 """Lightning (linear) attention with per-head exponential decay, in pure JAX.
 
-Math (SPEC.md §3.3; no normalizer, no 1/sqrt(D) scaling), per batch row and head, with
+Math (docs/MODEL.md §6.3; no normalizer, no 1/sqrt(D) scaling), per batch row and head, with
 decay lambda = exp(-slope):
 
   S_t = lambda * S_{t-1} + k_t^T v_t        # [D, D] state, includes the current token
@@ -40,7 +40,7 @@ from jax import lax
 
 Array = jax.Array
 
-# The remote code's BLOCK constant (SPEC.md §1).
+# The remote code's BLOCK constant (docs/MODEL.md §3.1).
 DEFAULT_BLOCK_SIZE = 256
 
 _F32 = jnp.float32
@@ -85,7 +85,7 @@ def _span_forward(q_BTHD: Array, k_BTHD: Array, v_BTHD: Array, slope_H: Array,
                   state_BHDD: Optional[Array]) -> tuple[Array, Array]:
   """Exact lightning attention over one span of T tokens, starting from `state_BHDD`.
 
-  This is the chunked update of SPEC.md §3.3 for one block of length m = T:
+  This is the chunked update of docs/MODEL.md §6.4 for one block of length m = T:
     O     = ((Q K^T) * Diag) V + (Q * qdecay) S_prev,   qdecay[i] = exp(-s (i+1))
     S_new = exp(-s m) S_prev + (K * kdecay)^T V,        kdecay[j] = exp(-s (m-1-j))
   Applied to the whole sequence it is the naive O(T^2) form; applied per block it is the
@@ -394,7 +394,7 @@ def lightning_attention(q: Array, k: Array, v: Array, slope: Array, *,
                         initial_state: Optional[Array] = None, impl: str = "auto",
                         block_size: Optional[int] = None,
                         segment_ids: Optional[Array] = None) -> tuple[Array, Array]:
-  """Causal linear attention with per-head decay exp(-slope), SPEC.md §3.3.
+  """Causal linear attention with per-head decay exp(-slope), docs/MODEL.md §6.3.
 
   o_t = q_t S_t with S_t = exp(-slope) S_{t-1} + k_t^T v_t and S_{-1} = initial_state.
   Differentiable with `jax.grad` in q, k, v, slope and initial_state, and jit-able with `impl` and

@@ -1,5 +1,5 @@
 """MoE: ragged dispatch vs the dense reference (outputs and gradients), the router, the
-SparseMoE module in both modes, and the Switch load-balancing loss (SPEC.md §3.5).
+SparseMoE module in both modes, and the Switch load-balancing loss (docs/MODEL.md §7).
 """
 import dataclasses
 import functools

@@ -1,4 +1,4 @@
-"""Partial NeoX RoPE against an independent float64 numpy version of SPEC.md §3.4.
+"""Partial NeoX RoPE against an independent float64 numpy version of docs/MODEL.md §5.2.
 
 The formula: inv_freq[i] = theta^(-2i/rotary_dim), emb = concat(freqs, freqs), dims
 [0:rotary_dim] become x*cos(emb) + rotate_half(x)*sin(emb) with

@@ -1,5 +1,5 @@
 """The softmax attention layer with PARTIAL rotary against a float64 numpy reference of
-SPEC.md §3.4 (transformers cannot check this: it rotates the whole head_dim)."""
+docs/MODEL.md §5.2 (transformers cannot check this: it rotates the whole head_dim)."""
 import jax
 import jax.numpy as jnp
 import numpy as np

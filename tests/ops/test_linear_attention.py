@@ -31,7 +31,7 @@ def _case_id(b, t, h, d, dtype, *extra):
 
 
 def _slopes(h):
-  # Spread like layer 0 of the model (SPEC.md §3.3: 0.917 ... 0.0039).
+  # Spread like layer 0 of the model (docs/MODEL.md §6.2: 0.917 ... 0.0039).
   return jnp.asarray(np.geomspace(0.01, 1.0, h), jnp.float32)
 
 

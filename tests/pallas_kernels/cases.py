@@ -16,7 +16,7 @@ from tests.assertions import assert_close
 
 B, H = 2, 3             # B*H = 6, not a power of two
 BLOCK = 16
-# Extremes of the model's range (SPEC.md §3.3 spans 4.9e-5 .. 0.92) and beyond.
+# Extremes of the model's range (docs/MODEL.md §6.2 spans 4.9e-5 .. 0.92) and beyond.
 SLOPES = (1e-6, 0.5, 20.0)
 _DTYPE_NAME = {jnp.float32: "f32", jnp.bfloat16: "bf16"}
 
