@@ -12,9 +12,9 @@ so the two kernels cannot drift apart. Only the memory movement differs:
   float32 [D,D] state (or dS in the reverse pass) lives in SMEM for the whole loop over
   chunks: 64 KiB at D = 128, too big to hold in one warpgroup's registers next to the
   [C,C] scores.
-    `forward`:           o, final_state                    chunks 0 .. N-1
-    `backward` (dq):     dq, q-term of dslope, S recomputed   chunks 0 .. N-1
-    `backward` (dk, dv): dk, dv, d_initial_state, k-term      chunks N-1 .. 0
+    `forward`:           o, final_state                    chunks 0 .. Z-1
+    `backward` (dq):     dq, q-term of dslope, S recomputed   chunks 0 .. Z-1
+    `backward` (dk, dv): dk, dv, d_initial_state, k-term      chunks Z-1 .. 0
 
 Status (jax 0.10.2 CPU, jax 0.11.2 on the GPU machine): this formulation is verified in
 Mosaic GPU *interpret mode* only (tests/pallas_kernels/test_lightning_gpu.py). Two things
@@ -33,7 +33,8 @@ must change for real Hopper codegen, both confined to `_mm` and the SMEM scratch
 Interpret mode upcasts matmul operands to float32 (a bf16 product is exact in float32;
 XLA:CPU cannot run some bf16 x bf16 -> f32 dots), as the TPU kernel does.
 
-Dimension alphabet: B batch, T time, H heads, D head dim, C chunk length, N chunks.
+Dimension alphabet (docs/MODEL.md §2): B batch, T time, H heads, D head dim, C chunk length,
+Z chunks.
 """
 import dataclasses
 import functools

@@ -14,14 +14,14 @@ s = slope[h]), chunk n holds C positions, of which m are real (m < C only in the
     dV   = ((Q K^T) * Diag)^T dO + (K * kdecay) dS'
     dS   = exp(-s m) dS' + (Q * qdecay)^T dO                 dS after chunk 0 is d_initial_state
 
-Three `pallas_call`s, each over the grid (B, H, N) with N = ceil(T / C) chunks; B and H are
-"parallel" (megacore / multi-core split) and N "arbitrary" (a sequential carry in VMEM):
+Three `pallas_call`s, each over the grid (B, H, Z) with Z = ceil(T / C) chunks; B and H are
+"parallel" (megacore / multi-core split) and Z "arbitrary" (a sequential carry in VMEM):
   `forward`:           o, final_state
   `backward` (dq):     dq in forward chunk order, re-running the state recurrence
   `backward` (dk, dv): dk, dv, d_initial_state in reverse chunk order, carrying dS
 
 Recompute, not store: dq needs the state before every chunk. Storing them would write
-N [D,D] float32 states per (b,h) in the forward and read them back (T=8192, C=256, D=128:
+Z [D,D] float32 states per (b,h) in the forward and read them back (T=8192, C=256, D=128:
 32 x 64 KiB = 2 MiB per (b,h), as much as q itself in bf16, i.e. +2/9 of the backward's
 minimum HBM traffic plus 2 MiB of forward writes and live memory held until the backward).
 Recomputing costs one extra C x D x D matmul per chunk inside the dq kernel, which reads k
@@ -41,7 +41,8 @@ input dtype (bf16 on the MXU) with float32 accumulation, as in the reference. In
 mode (CPU), operands are upcast to float32 first: XLA:CPU cannot run some bf16 x bf16 -> f32
 dots, and a bf16 product is exact in float32, so the numbers do not change.
 
-Dimension alphabet: B batch, T time, H heads, D head dim, C chunk length, N chunks.
+Dimension alphabet (docs/MODEL.md §2): B batch, T time, H heads, D head dim, C chunk length,
+Z chunks.
 """
 import dataclasses
 import functools

@@ -16,9 +16,10 @@ Three implementations of that one function sit behind `lightning_attention(impl=
 backend ("pallas_tpu" on TPU, "pallas_gpu" on GPU), else "chunked"; Pallas kernels register
 themselves in `IMPLEMENTATIONS` (see m1jax/ops/__init__.py).
 
-Dimension alphabet: B batch, T time, H heads, D head dim, C block length (N blocks). In einsum
-strings S is a second (key-side) time axis beside T or C, and E is the value-side head dim, so
-a state [B,H,D,D] reads 'BHDE' (key dim D, value dim E, both of size D).
+Dimension alphabet (docs/MODEL.md §2): B batch, T time, H heads, D head dim, C block length,
+Z blocks. S is a second (key-side) time axis beside T or C, and J the value-side head dim where
+two head dims meet in one einsum, so a state [B,H,D,D] reads 'bhdj' (key dim D, value dim J,
+both of size D).
 
 Precision: decay factors and the state are float32. Every matmul takes its operands in the
 input dtype (bf16 stays bf16 on the MXU) and accumulates in float32 through
@@ -51,7 +52,7 @@ def _matmul(subscripts: str, a: Array, b: Array) -> Array:
 
   XLA:CPU cannot run every bf16 x bf16 -> f32 dot: a dot that falls back to its generic
   DotThunk fails at run time with "Unsupported element type ... BF16 x BF16 = F32"
-  (seen with jax 0.10.2 for 'BTHD,BHDE->BTHE'). On CPU the operands are upcast instead;
+  (seen with jax 0.10.2 for 'bthd,bhdj->bthj'). On CPU the operands are upcast instead;
   a bf16 x bf16 product is exact in float32, so this gives the same numbers as a bf16 MXU
   with float32 accumulation, up to summation order.
   """
@@ -105,23 +106,23 @@ def _span_forward(q_BTHD: Array, k_BTHD: Array, v_BTHD: Array, slope_H: Array,
   pos_T = jnp.arange(length, dtype=_F32)
 
   decay_HTS = _causal_decay(slope_H, length)
-  scores_BHTS = _matmul("BTHD,BSHD->BHTS", q_BTHD, k_BTHD)
+  scores_BHTS = _matmul("bthd,bshd->bhts", q_BTHD, k_BTHD)
   scores_BHTS = scores_BHTS * decay_HTS[None]
-  out_BTHE = _matmul("BHTS,BSHE->BTHE", scores_BHTS.astype(dtype), v_BTHD)
+  out_BTHJ = _matmul("bhts,bshj->bthj", scores_BHTS.astype(dtype), v_BTHD)
 
   # Token j's k^T v decays once per later token of the span before the span ends.
   k_decay_HT = jnp.exp(-slope_H[:, None] * (length - 1 - pos_T)[None, :])
-  kv_BHDE = _matmul("BTHD,BTHE->BHDE", _scale_rows(k_BTHD, k_decay_HT), v_BTHD)
+  kv_BHDJ = _matmul("bthd,bthj->bhdj", _scale_rows(k_BTHD, k_decay_HT), v_BTHD)
   if state_BHDD is None:
-    return out_BTHE.astype(dtype), kv_BHDE
+    return out_BTHJ.astype(dtype), kv_BHDJ
 
   # 1-based: by token i the carried state has decayed i+1 times (S includes token i).
   q_decay_HT = jnp.exp(-slope_H[:, None] * (pos_T + 1.0)[None, :])
-  out_BTHE = out_BTHE + _matmul("BTHD,BHDE->BTHE", _scale_rows(q_BTHD, q_decay_HT),
+  out_BTHJ = out_BTHJ + _matmul("bthd,bhdj->bthj", _scale_rows(q_BTHD, q_decay_HT),
                                 state_BHDD.astype(dtype))
   span_decay_H = jnp.exp(-slope_H * length)
-  new_state_BHDE = span_decay_H[None, :, None, None] * state_BHDD + kv_BHDE
-  return out_BTHE.astype(dtype), new_state_BHDE
+  new_state_BHDJ = span_decay_H[None, :, None, None] * state_BHDD + kv_BHDJ
+  return out_BTHJ.astype(dtype), new_state_BHDJ
 
 
 def _span_forward_segments(q_BTHD: Array, k_BTHD: Array, v_BTHD: Array, slope_H: Array,
@@ -139,26 +140,26 @@ def _span_forward_segments(q_BTHD: Array, k_BTHD: Array, v_BTHD: Array, slope_H:
   pos_T = jnp.arange(length, dtype=_F32)
   same_BTS = run_BT[:, :, None] == run_BT[:, None, :]
   decay_HTS = _causal_decay(slope_H, length)
-  scores_BHTS = _matmul("BTHD,BSHD->BHTS", q_BTHD, k_BTHD)
+  scores_BHTS = _matmul("bthd,bshd->bhts", q_BTHD, k_BTHD)
   scores_BHTS = jnp.where(same_BTS[:, None], scores_BHTS * decay_HTS[None], 0.0)
-  out_BTHE = _matmul("BHTS,BSHE->BTHE", scores_BHTS.astype(dtype), v_BTHD)
+  out_BTHJ = _matmul("bhts,bshj->bthj", scores_BHTS.astype(dtype), v_BTHD)
 
   last_run_B = run_BT[:, -1]
   in_last_BT = (run_BT == last_run_B[:, None]).astype(_F32)
   k_decay_HT = jnp.exp(-slope_H[:, None] * (length - 1 - pos_T)[None, :])
   k_scaled = (k_BTHD.astype(_F32) * k_decay_HT.T[None, :, :, None]
               * in_last_BT[:, :, None, None]).astype(k_BTHD.dtype)
-  kv_BHDE = _matmul("BTHD,BTHE->BHDE", k_scaled, v_BTHD)
+  kv_BHDJ = _matmul("bthd,bthj->bhdj", k_scaled, v_BTHD)
 
   reads_state_BT = (run_BT == state_run_B[:, None]).astype(_F32)
   q_decay_HT = jnp.exp(-slope_H[:, None] * (pos_T + 1.0)[None, :])
   q_scaled = (q_BTHD.astype(_F32) * q_decay_HT.T[None, :, :, None]
               * reads_state_BT[:, :, None, None]).astype(dtype)
-  out_BTHE = out_BTHE + _matmul("BTHD,BHDE->BTHE", q_scaled, state_BHDD.astype(dtype))
+  out_BTHJ = out_BTHJ + _matmul("bthd,bhdj->bthj", q_scaled, state_BHDD.astype(dtype))
   keeps_state_B = (last_run_B == state_run_B).astype(_F32)
   span_decay_BH = jnp.exp(-slope_H * length)[None, :] * keeps_state_B[:, None]
-  new_state_BHDE = span_decay_BH[:, :, None, None] * state_BHDD + kv_BHDE
-  return out_BTHE.astype(dtype), new_state_BHDE
+  new_state_BHDJ = span_decay_BH[:, :, None, None] * state_BHDD + kv_BHDJ
+  return out_BTHJ.astype(dtype), new_state_BHDJ
 
 
 def _document_runs(segment_ids_BT: Array) -> Array:
@@ -201,10 +202,10 @@ def lightning_decode_step(q_BHD: Array, k_BHD: Array, v_BHD: Array, slope_H: Arr
     raise ValueError(f"lightning_decode_step: state must have shape [B,H,D,D]={(b, h, d, d)}; "
                      f"got {state_BHDD.shape}.")
   decay_H = jnp.exp(-slope_H.astype(_F32))
-  kv_BHDE = _matmul("BHD,BHE->BHDE", k_BHD, v_BHD)
-  new_state_BHDE = decay_H[None, :, None, None] * state_BHDD.astype(_F32) + kv_BHDE
-  out_BHE = _matmul("BHD,BHDE->BHE", q_BHD, new_state_BHDE.astype(q_BHD.dtype))
-  return out_BHE.astype(q_BHD.dtype), new_state_BHDE
+  kv_BHDJ = _matmul("bhd,bhj->bhdj", k_BHD, v_BHD)
+  new_state_BHDJ = decay_H[None, :, None, None] * state_BHDD.astype(_F32) + kv_BHDJ
+  out_BHJ = _matmul("bhd,bhdj->bhj", q_BHD, new_state_BHDJ.astype(q_BHD.dtype))
+  return out_BHJ.astype(q_BHD.dtype), new_state_BHDJ
 
 
 def _naive(q_BTHD, k_BTHD, v_BTHD, slope_H, state_BHDD, block_size):
@@ -251,12 +252,12 @@ def _chunked(q_BTHD, k_BTHD, v_BTHD, slope_H, state_BHDD, block_size):
     return state, out_BCHD
 
   def to_blocks(x_BTHD):
-    x_BNCHD = x_BTHD[:, :full_len].reshape(b, num_full, block, h, d)
-    return jnp.moveaxis(x_BNCHD, 1, 0)
+    x_BZCHD = x_BTHD[:, :full_len].reshape(b, num_full, block, h, d)
+    return jnp.moveaxis(x_BZCHD, 1, 0)
 
   blocks = tuple(to_blocks(x) for x in (q_BTHD, k_BTHD, v_BTHD))
-  state_BHDD, out_NBCHD = lax.scan(block_step, state_BHDD, blocks)
-  out_BTHD = jnp.moveaxis(out_NBCHD, 0, 1).reshape(b, full_len, h, d)
+  state_BHDD, out_ZBCHD = lax.scan(block_step, state_BHDD, blocks)
+  out_BTHD = jnp.moveaxis(out_ZBCHD, 0, 1).reshape(b, full_len, h, d)
   if full_len == t:
     return out_BTHD, state_BHDD
 
@@ -309,13 +310,13 @@ def _chunked_segments(q_BTHD, k_BTHD, v_BTHD, slope_H, state_BHDD, block_size, r
     return (state, run_BC[:, -1]), out_BCHD
 
   def to_blocks(x_BT):
-    x_BNC = x_BT[:, :full_len].reshape((b, num_full, block) + x_BT.shape[2:])
-    return jnp.moveaxis(x_BNC, 1, 0)
+    x_BZC = x_BT[:, :full_len].reshape((b, num_full, block) + x_BT.shape[2:])
+    return jnp.moveaxis(x_BZC, 1, 0)
 
   blocks = tuple(to_blocks(x) for x in (run_BT, q_BTHD, k_BTHD, v_BTHD))
   carry = (_zero_state(q_BTHD, state_BHDD), run_BT[:, 0])
-  carry, out_NBCHD = lax.scan(block_step, carry, blocks)
-  out_BTHD = jnp.moveaxis(out_NBCHD, 0, 1).reshape(b, full_len, h, d)
+  carry, out_ZBCHD = lax.scan(block_step, carry, blocks)
+  out_BTHD = jnp.moveaxis(out_ZBCHD, 0, 1).reshape(b, full_len, h, d)
   if full_len == t:
     return out_BTHD, carry[0]
   tail = tuple(x[:, full_len:] for x in (q_BTHD, k_BTHD, v_BTHD))
