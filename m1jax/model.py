@@ -25,8 +25,12 @@ class CausalLMOutput:
 class MiniMaxM1ForCausalLM(nn.Module):
   """`apply({"params": params}, input_ids_BT)` -> CausalLMOutput.
 
-  positions_BT default to 0..T-1 per row; token_mask_BT (1 = real token) only excludes
-  padding from the router statistics. Pass `input_embeds_BTM` instead of ids to feed
+  token_mask_BT (1 = real token) marks padding; rows are LEFT-padded (right padding works
+  too: it follows every real token). Padding is left out of the lightning states, is no
+  softmax key and is left out of the router statistics, so each row's real positions get
+  the logits it would get alone (RL scores left-padded rollouts this way). positions_BT
+  default to 0..T-1 per row; with token_mask_BT, to the number of real tokens before each
+  token (0 at a row's first real token). Pass `input_embeds_BTM` instead of ids to feed
   embeddings directly (used by the causality test).
 
   Inference: pass `cache=` (an `m1jax.inference.HybridCache`) to run the new tokens after
@@ -38,8 +42,8 @@ class MiniMaxM1ForCausalLM(nn.Module):
   Packed training rows: segment_ids_BT [B,T] int (each document a contiguous run of one id,
   padding 0, as m1jax.train.data packs them) keeps attention inside documents: softmax
   layers mask other segments' keys and lightning states reset at document starts. Pass
-  per-document positions_BT. Unless token_mask_BT is given, segment 0 (padding) is then
-  left out of the router statistics.
+  per-document positions_BT. Unless token_mask_BT is given, segment 0 is then the padding
+  mask. segment_ids_BT and `cache` do not combine.
   """
   config: ModelConfig
 
@@ -64,19 +68,23 @@ class MiniMaxM1ForCausalLM(nn.Module):
     else:
       x = input_embeds_BTM.astype(dtype)
     B, T = x.shape[:2]
+    layers = cache_info = None
     if cache is not None:
+      if segment_ids_BT is not None:
+        raise ValueError("MiniMaxM1ForCausalLM: segment_ids_BT (packed training rows) cannot "
+                         "be combined with a cache")
       token_mask_BT, default_positions_BT, cache_info = cache.step_inputs(T, token_mask_BT)
       positions_BT = default_positions_BT if positions_BT is None else positions_BT
-      x, stats, layers = HybridStack(cfg, name="model")(x, positions_BT, token_mask_BT,
-                                                        cache.layers, cache_info)
-      cache = cache.advance(layers, token_mask_BT)
+      layers = cache.layers
     else:
-      if positions_BT is None:
-        positions_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
       if segment_ids_BT is not None and token_mask_BT is None:
         token_mask_BT = segment_ids_BT != 0
-      x, stats = HybridStack(cfg, name="model")(x, positions_BT, token_mask_BT,
-                                                segment_ids_BT=segment_ids_BT)
+      if positions_BT is None:
+        positions_BT = _default_positions(B, T, token_mask_BT)
+    (x, stats), layers = HybridStack(cfg, name="model")(x, positions_BT, token_mask_BT, layers,
+                                                        cache_info, segment_ids_BT)
+    if cache is not None:
+      cache = cache.advance(layers, token_mask_BT)
     if last_logits_only:
       x = x[:, -1:]
     h = RMSNorm(cfg.rms_norm_eps, param_dtype=pdtype, name="norm")(x)
@@ -90,6 +98,14 @@ class MiniMaxM1ForCausalLM(nn.Module):
       logits = jnp.dot(h, w_head.astype(dtype)).astype(jnp.float32)
     out = CausalLMOutput(logits=logits, router_stats=stats, aux_loss=load_balancing_loss(stats))
     return out if cache is None else (out, cache)
+
+
+def _default_positions(B: int, T: int, token_mask_BT: Optional[jax.Array]) -> jax.Array:
+  """0..T-1 per row; with a mask, the count of real tokens before each token, so a
+  left-padded row starts at 0 at its first real token, as it does in the cache."""
+  if token_mask_BT is None:
+    return jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+  return jnp.cumsum((token_mask_BT != 0).astype(jnp.int32), axis=1) - 1
 
 
 def init_params(model: MiniMaxM1ForCausalLM, rng: jax.Array, seq_len: int = 8):

@@ -22,9 +22,7 @@ import jax.numpy as jnp
 
 from m1jax.config import FULL_ATTENTION, ModelConfig
 from m1jax.layers import params as P
-
-# Key position of an empty or padded slot: never <= any query position, so never visible.
-EMPTY_POSITION = jnp.iinfo(jnp.int32).max
+from m1jax.layers.cache_info import EMPTY_POSITION, CacheInfo
 
 
 @flax.struct.dataclass
@@ -48,14 +46,15 @@ class HybridCache:
     return None
 
   def step_inputs(self, num_new: int, token_mask_BT: Optional[jax.Array]):
-    """For a call adding `num_new` slots: (token_mask_BT, positions_BT, cache_info).
+    """For a call adding `num_new` slots: (token_mask_BT, positions_BT, CacheInfo).
 
     Positions continue each row's cached length (padded slots get negative positions, which
-    only padded queries use). cache_info holds the write slot "index", the key position of
-    every slot ALREADY in the cache "kv_positions_BS" [B,S_max] (EMPTY_POSITION where empty,
-    padded or not yet written), and that of the new tokens "new_kv_positions_BT" (EMPTY_POSITION
-    for padding). Softmax layers attend over the two parts separately, so the KV cache is only
-    read inside the layer stack and the new slots are written once, in place, after it.
+    only padded queries use). The CacheInfo holds the write slot `index` and the key
+    position of every slot ALREADY in the cache, `kv_positions_BS` [B,S_max] (EMPTY_POSITION
+    where empty, padded or not yet written); the new tokens' key positions are their
+    positions, EMPTY_POSITION for padding (m1jax.layers.cache_info.key_positions). Softmax
+    layers attend over the two parts separately, so the KV cache is only read inside the
+    layer stack and the new slots are written once, in place, after it.
     """
     B = self.batch_size
     if token_mask_BT is None:
@@ -64,14 +63,13 @@ class HybridCache:
     pad_B = index - lengths_B  # padded slots per row after this call
     slots_T = self.index + jnp.arange(num_new, dtype=jnp.int32)
     positions_BT = slots_T[None, :] - pad_B[:, None]
-    kv_positions_BS = new_kv_positions_BT = None
+    kv_positions_BS = None
     if self.max_len is not None:
       slots_S = jnp.arange(self.max_len, dtype=jnp.int32)[None, :]
       valid_BS = (slots_S >= pad_B[:, None]) & (slots_S < self.index)
       kv_positions_BS = jnp.where(valid_BS, slots_S - pad_B[:, None], EMPTY_POSITION)
-      new_kv_positions_BT = jnp.where(token_mask_BT != 0, positions_BT, EMPTY_POSITION)
-    return token_mask_BT, positions_BT, {"index": self.index, "kv_positions_BS": kv_positions_BS,
-                                         "new_kv_positions_BT": new_kv_positions_BT}
+    return token_mask_BT, positions_BT, CacheInfo(index=self.index,
+                                                  kv_positions_BS=kv_positions_BS)
 
   def advance(self, layers: Any, token_mask_BT: jax.Array) -> "HybridCache":
     """The cache after a call that wrote `token_mask_BT.shape[1]` slots."""

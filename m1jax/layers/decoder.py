@@ -11,8 +11,22 @@ Parameter layout under the stack module:
   unrolled: {"layers": {"layer_l": <leaves>}}
 `split_layer_params` / `merge_layer_params` convert between either layout and a flat list
 of L per-layer trees (used by HF conversion and by the scan-vs-unrolled test).
+
+Call contract, the same for every layer module, with or without a cache:
+  module(..., cache=None, cache_info=None) -> (output, new_cache)
+  output: y_BTM for LightningAttention and SoftmaxAttention; (x_BTM, RouterStats) for
+    DecoderLayer, LayerGroup and HybridStack (stats stacked over their layers);
+  new_cache: None when `cache` is None (training, scoring); otherwise the layer's entry
+    after these tokens, in the cache's own layout (m1jax/inference/cache.py): a lightning
+    state {"state"}, a softmax layer's T NEW K/V slots {"k", "v": [B,T,K,D]}, a group's
+    {"layer_j": entry}; HybridStack writes the new slots into the full K/V at
+    cache_info.index and returns the whole updated `layers` tree.
+  cache_info: a CacheInfo (m1jax/layers/cache_info.py), the same for every layer.
+  token_mask_BT (1 = real token, rows LEFT-padded) keeps padding out of everything with or
+  without a cache: lightning k, v are zeroed, padded tokens are no softmax key, and the MoE
+  statistics skip them.
 """
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -21,6 +35,7 @@ import numpy as np
 
 from m1jax.config import FULL_ATTENTION, LINEAR_ATTENTION, ModelConfig, lightning_slopes
 from m1jax.layers import params as P
+from m1jax.layers.cache_info import CacheInfo
 from m1jax.layers.lightning_attention import LightningAttention
 from m1jax.layers.moe import SparseMoE
 from m1jax.layers.norms import RMSNorm
@@ -33,33 +48,19 @@ class DecoderLayer(nn.Module):
   attn_type: int
 
   @nn.compact
-  def __call__(self, x_BTM, slope_H, positions_BT, token_mask_BT, cache=None, cache_info=None,
-               segment_ids_BT=None):
-    """Returns (x_BTM, stats); with a `cache` entry, (x_BTM, stats, new cache entry).
-
-    cache_info (cache mode only): {"index": [] int32 first slot written, "kv_positions_BS":
-    [B,S_max] and "new_kv_positions_BT" int32 or None}; token_mask_BT then also masks padding
-    out of lightning state. The new entry of a softmax layer holds only the T new K/V slots
-    (the stack writes them into the cache, see _cached_stack).
-    """
+  def __call__(self, x_BTM, slope_H, positions_BT, token_mask_BT=None, cache=None,
+               cache_info: Optional[CacheInfo] = None, segment_ids_BT=None):
+    """Returns ((x_BTM, stats), new cache entry); see the module docstring."""
     cfg = self.config
     pdtype = P.param_dtype(cfg)
     h1 = RMSNorm(cfg.rms_norm_eps, param_dtype=pdtype, name="input_layernorm")(x_BTM)
     if self.attn_type == LINEAR_ATTENTION:
-      if cache is None:
-        a = LightningAttention(cfg, name="self_attn")(h1, slope_H,
-                                                      segment_ids_BT=segment_ids_BT)
-      else:
-        a, cache = LightningAttention(cfg, name="self_attn")(h1, slope_H, cache, token_mask_BT)
+      a, cache = LightningAttention(cfg, name="self_attn")(h1, slope_H, token_mask_BT, cache,
+                                                           segment_ids_BT)
       alpha, beta = cfg.layernorm_linear_attention_alpha, cfg.layernorm_linear_attention_beta
     elif self.attn_type == FULL_ATTENTION:
-      if cache is None:
-        a = SoftmaxAttention(cfg, name="self_attn")(h1, positions_BT,
-                                                    segment_ids_BT=segment_ids_BT)
-      else:
-        a, cache = SoftmaxAttention(cfg, name="self_attn")(
-            h1, positions_BT, cache, cache_info["index"], cache_info["kv_positions_BS"],
-            new_kv_positions_BT=cache_info["new_kv_positions_BT"])
+      a, cache = SoftmaxAttention(cfg, name="self_attn")(h1, positions_BT, token_mask_BT, cache,
+                                                         cache_info, segment_ids_BT)
       alpha, beta = cfg.layernorm_full_attention_alpha, cfg.layernorm_full_attention_beta
     else:
       raise ValueError(f"DecoderLayer.attn_type: unknown attention type {self.attn_type!r}")
@@ -68,9 +69,7 @@ class DecoderLayer(nn.Module):
     h2 = RMSNorm(cfg.rms_norm_eps, param_dtype=pdtype, name="post_attention_layernorm")(x)
     m, stats = SparseMoE(cfg, name="block_sparse_moe")(h2, token_mask_BT)
     out = cfg.layernorm_mlp_alpha * (h2 if cfg.postnorm else x) + cfg.layernorm_mlp_beta * m
-    if cache is not None:
-      return out.astype(x_BTM.dtype), stats, cache
-    return out.astype(x_BTM.dtype), stats
+    return (out.astype(x_BTM.dtype), stats), cache
 
 
 class LayerGroup(nn.Module):
@@ -79,100 +78,92 @@ class LayerGroup(nn.Module):
   attn_types: Sequence[int]
 
   @nn.compact
-  def __call__(self, x_BTM, slopes_LH, positions_BT, token_mask_BT, cache=None,
-               cache_info=None, segment_ids_BT=None):
-    """(x_BTM, stats); with `cache` ({"layer_j": entry}) -> (x_BTM, (stats, new cache))."""
-    if cache is not None:
-      # Inference only: no remat (same param names), cache entries in and out per layer.
-      all_stats, new_cache = [], {}
-      for j, attn_type in enumerate(self.attn_types):
-        x_BTM, stats, new_cache[f"layer_{j}"] = DecoderLayer(
-            self.config, attn_type, name=f"layer_{j}")(
-                x_BTM, slopes_LH[j], positions_BT, token_mask_BT, cache[f"layer_{j}"],
-                cache_info)
-        all_stats.append(stats)
-      return x_BTM, (jax.tree.map(lambda *s: jnp.stack(s), *all_stats), new_cache)
+  def __call__(self, x_BTM, slopes_LH, positions_BT, token_mask_BT=None, cache=None,
+               cache_info: Optional[CacheInfo] = None, segment_ids_BT=None):
+    """Returns ((x_BTM, stats [len(attn_types), ...]), new cache {"layer_j": entry})."""
     layer_cls = DecoderLayer
-    if self.config.remat:
-      # The policy names a jax.checkpoint_policies member (ModelConfig.remat_policy).
+    if self.config.remat and cache is None:
+      # Training only (inference has no backward pass). Same param names either way. The
+      # policy names a jax.checkpoint_policies member (ModelConfig.remat_policy).
       policy = getattr(jax.checkpoint_policies, self.config.remat_policy)
       layer_cls = nn.remat(DecoderLayer, policy=policy)
-    all_stats = []
+    all_stats, new_cache = [], {}
     for j, attn_type in enumerate(self.attn_types):
-      # Positional (None cache entries) because lifted remat takes no keyword arguments.
-      x_BTM, stats = layer_cls(self.config, attn_type, name=f"layer_{j}")(
-          x_BTM, slopes_LH[j], positions_BT, token_mask_BT, None, None, segment_ids_BT)
+      entry = None if cache is None else cache[f"layer_{j}"]
+      # Positional, because lifted remat takes no keyword arguments.
+      (x_BTM, stats), new_cache[f"layer_{j}"] = layer_cls(
+          self.config, attn_type, name=f"layer_{j}")(
+              x_BTM, slopes_LH[j], positions_BT, token_mask_BT, entry, cache_info,
+              segment_ids_BT)
       all_stats.append(stats)
-    return x_BTM, jax.tree.map(lambda *s: jnp.stack(s), *all_stats)
+    stats = jax.tree.map(lambda *s: jnp.stack(s), *all_stats)
+    return (x_BTM, stats), (None if cache is None else new_cache)
 
 
 class HybridStack(nn.Module):
-  """All decoder layers; returns (x_BTM, RouterStats with a leading [L] axis)."""
+  """All decoder layers; see the module docstring for the call contract."""
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BTM, positions_BT, token_mask_BT=None, cache=None, cache_info=None,
-               segment_ids_BT=None):
+  def __call__(self, x_BTM, positions_BT, token_mask_BT=None, cache=None,
+               cache_info: Optional[CacheInfo] = None, segment_ids_BT=None):
+    """Returns ((x_BTM, RouterStats with a leading [L] axis), new cache layers)."""
     cfg = self.config
-    L, H, p = cfg.num_hidden_layers, cfg.num_attention_heads, cfg.layer_period
-    slopes_LH = jnp.asarray(lightning_slopes(H, L), jnp.float32)
-    if cache is not None:
-      return _cached_stack(self, cfg, x_BTM, slopes_LH, positions_BT, token_mask_BT, cache,
-                           cache_info)
-    if not cfg.is_scanned:
-      return LayerGroup(cfg, cfg.attn_type_list, name="layers")(
-          x_BTM, slopes_LH, positions_BT, token_mask_BT, segment_ids_BT=segment_ids_BT)
-    groups = L // p
-    scanned = nn.scan(
-        LayerGroup,
-        variable_axes={"params": 0},
-        split_rngs={"params": True},
-        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
-        length=groups,
-        metadata_params={nn.PARTITION_NAME: P.LAYERS})
-    # The two Nones fill the cache arguments, which training does not use.
-    x_BTM, stats = scanned(cfg, cfg.attn_type_list[:p], name="groups")(
-        x_BTM, slopes_LH.reshape(groups, p, H), positions_BT, token_mask_BT, None, None,
-        segment_ids_BT)
-    # [groups, p, ...] -> [L, ...], in global layer order.
-    return x_BTM, jax.tree.map(lambda s: s.reshape((L,) + s.shape[2:]), stats)
+    slopes_LH = jnp.asarray(lightning_slopes(cfg.num_attention_heads, cfg.num_hidden_layers),
+                            jnp.float32)
+    key = "groups" if cfg.is_scanned else "layers"
+    entries = None if cache is None else cache[key]
+    args = (positions_BT, token_mask_BT, entries, cache_info, segment_ids_BT)
+    if cfg.is_scanned:
+      (x_BTM, stats), new = _scanned_groups(self, cfg, x_BTM, slopes_LH, *args)
+    else:
+      (x_BTM, stats), new = LayerGroup(cfg, cfg.attn_type_list, name="layers")(
+          x_BTM, slopes_LH, *args)
+    if cache is None:
+      return (x_BTM, stats), None
+    return (x_BTM, stats), {key: _write_new_slots(entries, new, cache_info.index)}
 
 
-def _cached_stack(parent, cfg, x_BTM, slopes_LH, positions_BT, token_mask_BT, cache,
-                  cache_info):
-  """HybridStack with a cache whose layers mirror the params layout (see m1jax.inference).
-
-  Scanned: cache {"groups": {"layer_j": leaves with a leading [L/p] axis}} enters the scan as
-  xs (read only); the ys are the lightning states and only the T new K/V slots of each
-  softmax layer, which are then written into the stacked K/V at slot cache_info["index"] by
-  one dynamic_update_slice per leaf. Carrying the whole K/V through ys instead copied the
-  full cache every step (decode time grew ~10x from 8K to 64K on CPU); written after the
-  scan, the update aliases the donated buffer and costs O(T). Returns (x_BTM, stats [L, ...],
-  new cache layers).
+def _scanned_groups(parent, cfg, x_BTM, slopes_LH, positions_BT, token_mask_BT, cache,
+                    cache_info, segment_ids_BT):
+  """The p-layer group nn.scan'ned L/p times: params, slopes and cache entries carry a leading
+  [L/p] axis; positions, masks and cache_info are broadcast. With a cache, the ys are the
+  new lightning states and only the T new K/V slots of each softmax layer (see
+  _write_new_slots). Returns ((x_BTM, stats [L, ...]), new cache entries or None).
   """
   L, H, p = cfg.num_hidden_layers, cfg.num_attention_heads, cfg.layer_period
-  if not cfg.is_scanned:
-    x_BTM, (stats, new) = LayerGroup(cfg, cfg.attn_type_list, name="layers", parent=parent)(
-        x_BTM, slopes_LH, positions_BT, token_mask_BT, cache["layers"], cache_info)
-    return x_BTM, stats, {"layers": _write_new_slots(cache["layers"], new, cache_info["index"])}
   groups = L // p
-  scanned = nn.scan(
-      LayerGroup,
+
+  def body(group, x_BTM, slopes_LH, cache, positions_BT, token_mask_BT, cache_info,
+           segment_ids_BT):
+    (x_BTM, stats), new_cache = group(x_BTM, slopes_LH, positions_BT, token_mask_BT, cache,
+                                      cache_info, segment_ids_BT)
+    return x_BTM, (stats, new_cache)
+
+  scan = nn.scan(
+      body,
       variable_axes={"params": 0},
       split_rngs={"params": True},
-      in_axes=(0, nn.broadcast, nn.broadcast, 0, nn.broadcast),
+      in_axes=(0, 0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
       length=groups,
       metadata_params={nn.PARTITION_NAME: P.LAYERS})
-  x_BTM, (stats, new) = scanned(cfg, cfg.attn_type_list[:p], name="groups", parent=parent)(
-      x_BTM, slopes_LH.reshape(groups, p, H), positions_BT, token_mask_BT, cache["groups"],
-      cache_info)
-  layers = {"groups": _write_new_slots(cache["groups"], new, cache_info["index"])}
-  return x_BTM, jax.tree.map(lambda s: s.reshape((L,) + s.shape[2:]), stats), layers
+  x_BTM, (stats, new) = scan(
+      LayerGroup(cfg, cfg.attn_type_list[:p], name="groups", parent=parent),
+      x_BTM, slopes_LH.reshape(groups, p, H), cache, positions_BT, token_mask_BT, cache_info,
+      segment_ids_BT)
+  # [groups, p, ...] -> [L, ...], in global layer order.
+  return (x_BTM, jax.tree.map(lambda s: s.reshape((L,) + s.shape[2:]), stats)), new
 
 
 def _write_new_slots(old: Any, new: Any, index: jax.Array) -> Any:
   """Cache layers after a call: K/V leaves [..., B, S_max, K, D] get the new [..., B, T, K, D]
-  slots at `index` (axis -3); lightning states are replaced by the new ones."""
+  slots at `index` (axis -3); lightning states are replaced by the new ones.
+
+  Why after the stack rather than inside each layer: the scan then only reads the K/V (as
+  xs), and its ys hold the T new slots only. Carrying the whole K/V through ys copied the
+  full cache every step (decode time grew ~10x from 8K to 64K on CPU); written here, the
+  update aliases the donated buffer and costs O(T).
+  """
   def write(path, old_leaf, new_leaf):
     if getattr(path[-1], "key", None) not in ("k", "v"):
       return new_leaf

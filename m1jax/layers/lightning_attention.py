@@ -3,6 +3,10 @@
 qkv = silu(h @ W_qkv) with a per-head interleaved [q|k|v] layout, the linear-attention
 operator with decay exp(-slope) per head, one RMSNorm over all H*D features (eps 1e-6), a
 sigmoid gate computed from the layer input, and out_proj. No RoPE, no 1/sqrt(D) scaling.
+
+Padding (docs/MODEL.md §6.6): k and v of tokens whose token_mask_BT is 0 are zeroed before the
+operator, with or without a cache, so padding adds nothing to the state. Rows are
+left-padded, so a row's state is still exactly zero at its first real token.
 """
 import flax.linen as nn
 import jax
@@ -19,13 +23,12 @@ class LightningAttention(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, h_BTM: jax.Array, slope_H: jax.Array, cache=None, token_mask_BT=None,
+  def __call__(self, h_BTM: jax.Array, slope_H: jax.Array, token_mask_BT=None, cache=None,
                segment_ids_BT=None):
-    """Returns y_BTM; with `cache` ({"state": [B,H,D,D] fp32}) returns (y_BTM, new cache).
+    """Returns (y_BTM, new cache): with `cache` ({"state": [B,H,D,D] fp32}) the state after
+    these tokens (a single token uses the recurrent decode step); without, None.
 
-    With a cache, k and v of tokens whose token_mask_BT is 0 (left padding) are zeroed, so
-    padding adds nothing to the state (docs/MODEL.md §6.6); a single token uses the
-    recurrent decode step.
+    segment_ids_BT (packed training rows, no cache): the state resets at each document start.
     """
     cfg = self.config
     M, H, D = cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim
@@ -39,29 +42,26 @@ class LightningAttention(nn.Module):
     w_out = P.logical_param(self, "out_proj", init, (H, D, M), (P.HEADS, P.HEAD_DIM, P.EMBED),
                             pdtype)
     h = h_BTM.astype(dtype)
-    qkv_BTHX = jax.nn.silu(jnp.einsum("btm,mhx->bthx", h, w_qkv.astype(dtype)))
-    q, k, v = jnp.split(qkv_BTHX, 3, axis=-1)
+    # One matmul for q, k and v; the 3 axis is {q, k, v} within each head.
+    w_qkv_MH3D = w_qkv.astype(dtype).reshape(M, H, 3, D)
+    qkv_BTH3D = jax.nn.silu(jnp.tensordot(h, w_qkv_MH3D, axes=1))
+    q, k, v = (qkv_BTH3D[:, :, :, i] for i in range(3))
+    if token_mask_BT is not None:
+      keep_BT11 = token_mask_BT[:, :, None, None].astype(k.dtype)
+      k, v = k * keep_BT11, v * keep_BT11
     if cache is None:
-      # segment_ids_BT (packed training rows): the state resets at each document start.
       o_BTHD, _ = ops.lightning_attention(q, k, v, slope_H, impl=cfg.lightning_impl,
                                           block_size=cfg.block_size, segment_ids=segment_ids_BT)
+    elif q.shape[1] == 1:
+      o_BHD, state = ops.lightning_decode_step(q[:, 0], k[:, 0], v[:, 0], slope_H,
+                                               cache["state"])
+      o_BTHD, cache = o_BHD[:, None], {"state": state}
     else:
-      o_BTHD, cache = _cached_lightning(q, k, v, slope_H, cache, token_mask_BT, cfg)
+      o_BTHD, state = ops.lightning_attention(q, k, v, slope_H, initial_state=cache["state"],
+                                              impl=cfg.lightning_impl, block_size=cfg.block_size)
+      cache = {"state": state}
     o_BTHD = RMSNorm(cfg.lightning_norm_eps, axes=(P.HEADS, P.HEAD_DIM), param_dtype=pdtype,
                      name="norm")(o_BTHD)
     gate_BTHD = jax.nn.sigmoid(jnp.einsum("btm,mhd->bthd", h, w_gate.astype(dtype)))
     y_BTM = jnp.einsum("bthd,hdm->btm", gate_BTHD * o_BTHD, w_out.astype(dtype))
-    return y_BTM if cache is None else (y_BTM, cache)
-
-
-def _cached_lightning(q, k, v, slope_H, cache, token_mask_BT, cfg):
-  """Lightning attention continuing from cache["state"]; returns (o_BTHD, new cache)."""
-  if token_mask_BT is not None:
-    keep_BT11 = token_mask_BT[:, :, None, None].astype(k.dtype)
-    k, v = k * keep_BT11, v * keep_BT11
-  if q.shape[1] == 1:
-    o_BHD, state = ops.lightning_decode_step(q[:, 0], k[:, 0], v[:, 0], slope_H, cache["state"])
-    return o_BHD[:, None], {"state": state}
-  o_BTHD, state = ops.lightning_attention(q, k, v, slope_H, initial_state=cache["state"],
-                                          impl=cfg.lightning_impl, block_size=cfg.block_size)
-  return o_BTHD, {"state": state}
+    return y_BTM, cache

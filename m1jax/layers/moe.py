@@ -2,7 +2,7 @@
 (docs/MODEL.md §7).
 
 Two dispatch paths compute the same function:
-  * "ragged" (default): dropless; sort the N*k (token, expert) assignments by expert, run the
+  * "ragged" (default): dropless; sort the A = N*R (token, expert) assignments by expert, run the
     three expert matmuls as grouped matmuls with `jax.lax.ragged_dot`, unsort, combine;
   * "dense": every expert on every token, then a one-hot-weighted sum. O(E) compute; the
     readable reference the ragged path is tested against.
@@ -23,7 +23,7 @@ from m1jax.layers import params as P
 class RouterStats(NamedTuple):
   """Per-layer sums over (unmasked) tokens, for the load-balancing loss.
 
-  selected_E: how many top-k slots chose each expert (sums to k * tokens).
+  selected_E: how many top-k slots chose each expert (sums to R * tokens).
   prob_E:     sum of the full softmax router probabilities per expert.
   tokens:     number of tokens counted (scalar).
   """
@@ -33,56 +33,55 @@ class RouterStats(NamedTuple):
 
 
 def route(x_NM: jax.Array, router_ME: jax.Array, top_k: int):
-  """Router in float32. Returns (probs_NE, weights_NK renormalised, experts_NK int32)."""
+  """Router in float32. Returns (probs_NE, weights_NR renormalised, experts_NR int32)."""
   logits_NE = jnp.dot(x_NM.astype(jnp.float32), router_ME.astype(jnp.float32),
                       precision=jax.lax.Precision.HIGHEST)
   probs_NE = jax.nn.softmax(logits_NE, axis=-1)
-  top_probs_NK, experts_NK = jax.lax.top_k(probs_NE, top_k)
-  weights_NK = top_probs_NK / jnp.sum(top_probs_NK, axis=-1, keepdims=True)
-  return probs_NE, weights_NK, experts_NK.astype(jnp.int32)
+  top_probs_NR, experts_NR = jax.lax.top_k(probs_NE, top_k)
+  weights_NR = top_probs_NR / jnp.sum(top_probs_NR, axis=-1, keepdims=True)
+  return probs_NE, weights_NR, experts_NR.astype(jnp.int32)
 
 
-def router_stats(probs_NE: jax.Array, experts_NK: jax.Array,
+def router_stats(probs_NE: jax.Array, experts_NR: jax.Array,
                  token_mask_N: jax.Array | None) -> RouterStats:
   num_experts = probs_NE.shape[-1]
   mask_N = (jnp.ones(probs_NE.shape[:1], jnp.float32) if token_mask_N is None
             else token_mask_N.astype(jnp.float32))
-  one_hot_NKE = jax.nn.one_hot(experts_NK, num_experts, dtype=jnp.float32)
+  one_hot_NRE = jax.nn.one_hot(experts_NR, num_experts, dtype=jnp.float32)
   return RouterStats(
-      selected_E=jnp.einsum("nke,n->e", one_hot_NKE, mask_N),
+      selected_E=jnp.einsum("nre,n->e", one_hot_NRE, mask_N),
       prob_E=jnp.einsum("ne,n->e", probs_NE, mask_N),
       tokens=jnp.sum(mask_N))
 
 
-def swiglu_dense(x_NM, w1_EMF, w3_EMF, w2_EFM, weights_NK, experts_NK):
+def swiglu_dense(x_NM, w1_EMF, w3_EMF, w2_EFM, weights_NR, experts_NR):
   """Reference dispatch: all experts on all tokens, combined with one-hot top-k weights."""
   dtype = x_NM.dtype
   gate_ENF = jnp.einsum("nm,emf->enf", x_NM, w1_EMF.astype(dtype))
   up_ENF = jnp.einsum("nm,emf->enf", x_NM, w3_EMF.astype(dtype))
   y_ENM = jnp.einsum("enf,efm->enm", jax.nn.silu(gate_ENF) * up_ENF, w2_EFM.astype(dtype))
-  combine_NE = jnp.einsum("nk,nke->ne", weights_NK,
-                          jax.nn.one_hot(experts_NK, w1_EMF.shape[0], dtype=jnp.float32))
+  combine_NE = jnp.einsum("nr,nre->ne", weights_NR,
+                          jax.nn.one_hot(experts_NR, w1_EMF.shape[0], dtype=jnp.float32))
   # Combine in float32 like the reference (fp32 router weights times expert outputs).
   return jnp.einsum("ne,enm->nm", combine_NE, y_ENM,
                     preferred_element_type=jnp.float32).astype(dtype)
 
 
-def swiglu_ragged(x_NM, w1_EMF, w3_EMF, w2_EFM, weights_NK, experts_NK):
+def swiglu_ragged(x_NM, w1_EMF, w3_EMF, w2_EFM, weights_NR, experts_NR):
   """Dropless sorted dispatch with grouped matmuls (jax.lax.ragged_dot)."""
   N, M = x_NM.shape
-  E, top_k, dtype = w1_EMF.shape[0], experts_NK.shape[1], x_NM.dtype
-  flat_experts = experts_NK.reshape(-1)                        # [N*k], assignment a = n*k + j
-  order = jnp.argsort(flat_experts, stable=True)
-  token_of_assignment = order // top_k
-  x_sorted = x_NM[token_of_assignment]                         # [N*k, M], grouped by expert
+  E, R, dtype = w1_EMF.shape[0], experts_NR.shape[1], x_NM.dtype
+  experts_A = experts_NR.reshape(-1)                           # assignment a = n*R + r
+  order_A = jnp.argsort(experts_A, stable=True)
+  x_AM = x_NM[order_A // R]                                    # grouped by expert
   # Experts that receive no token get a zero-size group; ragged_dot handles that.
-  group_sizes = jnp.bincount(flat_experts, length=E).astype(jnp.int32)
-  gate = jax.lax.ragged_dot(x_sorted, w1_EMF.astype(dtype), group_sizes)
-  up = jax.lax.ragged_dot(x_sorted, w3_EMF.astype(dtype), group_sizes)
-  y_sorted = jax.lax.ragged_dot(jax.nn.silu(gate) * up, w2_EFM.astype(dtype), group_sizes)
+  group_sizes_E = jnp.bincount(experts_A, length=E).astype(jnp.int32)
+  gate_AF = jax.lax.ragged_dot(x_AM, w1_EMF.astype(dtype), group_sizes_E)
+  up_AF = jax.lax.ragged_dot(x_AM, w3_EMF.astype(dtype), group_sizes_E)
+  y_AM = jax.lax.ragged_dot(jax.nn.silu(gate_AF) * up_AF, w2_EFM.astype(dtype), group_sizes_E)
   # Unsort: scatter each sorted row back to its assignment slot.
-  y_assign = jnp.zeros_like(y_sorted).at[order].set(y_sorted).reshape(N, top_k, M)
-  return jnp.einsum("nk,nkm->nm", weights_NK, y_assign,
+  y_NRM = jnp.zeros_like(y_AM).at[order_A].set(y_AM).reshape(N, R, M)
+  return jnp.einsum("nr,nrm->nm", weights_NR, y_NRM,
                     preferred_element_type=jnp.float32).astype(dtype)
 
 
@@ -105,7 +104,7 @@ class SparseMoE(nn.Module):
     w2 = P.logical_param(self, "w2", init, (E, F, M), (P.EXPERTS, P.MLP, P.EMBED), pdtype)
     B, T, _ = h_BTM.shape
     x_NM = h_BTM.reshape(B * T, M)
-    probs_NE, weights_NK, experts_NK = route(x_NM, router, cfg.num_experts_per_tok)
+    probs_NE, weights_NR, experts_NR = route(x_NM, router, cfg.num_experts_per_tok)
     mask_N = None if token_mask_BT is None else token_mask_BT.reshape(B * T)
-    y_NM = _DISPATCH[cfg.moe_impl](x_NM.astype(dtype), w1, w3, w2, weights_NK, experts_NK)
-    return y_NM.reshape(B, T, M), router_stats(probs_NE, experts_NK, mask_N)
+    y_NM = _DISPATCH[cfg.moe_impl](x_NM.astype(dtype), w1, w3, w2, weights_NR, experts_NR)
+    return y_NM.reshape(B, T, M), router_stats(probs_NE, experts_NR, mask_N)

@@ -26,9 +26,10 @@ def apply_partial_rope(x_BTHD: jax.Array, positions_BT: jax.Array, rotary_dim: i
   """Rotates x[..., :rotary_dim] by the angle positions * inv_freq; returns x.dtype."""
   half = rotary_dim // 2
   inv_freq = rope_inverse_frequencies(rotary_dim, theta)
-  angles_BTR = positions_BT.astype(jnp.float32)[..., None] * inv_freq[None, None]  # R = rot/2
-  cos = jnp.cos(angles_BTR)[:, :, None, :]
-  sin = jnp.sin(angles_BTR)[:, :, None, :]
+  # [B, T, rotary_dim/2]; then a broadcast axis for the heads.
+  angles = positions_BT.astype(jnp.float32)[..., None] * inv_freq[None, None]
+  cos = jnp.cos(angles)[:, :, None, :]
+  sin = jnp.sin(angles)[:, :, None, :]
   x32 = x_BTHD.astype(jnp.float32)
   first, second = x32[..., :half], x32[..., half:rotary_dim]
   rotated = jnp.concatenate([first * cos - second * sin, second * cos + first * sin], axis=-1)

@@ -1,10 +1,13 @@
 """Softmax GQA attention with partial RoPE (docs/MODEL.md §5): layers 7, 15, ..., 79."""
+from typing import Optional
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from m1jax.config import ModelConfig
 from m1jax.layers import params as P
+from m1jax.layers.cache_info import CacheInfo, key_positions
 from m1jax.layers.rope import apply_partial_rope
 
 
@@ -50,20 +53,20 @@ def cached_gqa_attention(q_BTHD: jax.Array, k_cache_BSKD: jax.Array, v_cache_BSK
   K = k_cache_BSKD.shape[2]
   q_BTKGD = q_BTHD.reshape(B, T, K, H // K, D)
   neg = jnp.finfo(jnp.float32).min
-  eye_KK = jnp.eye(K, dtype=q_BTHD.dtype)
+  # head_of_HK[h, k] = 1 where query head h reads KV head k.
+  head_of_HK = jnp.repeat(jnp.eye(K, dtype=q_BTHD.dtype), H // K, axis=0)
 
   def logits(k_BSKD, k_positions_BS):
     if T == 1:
-      # Decode: contract over (K, D), the cache's two minor axes, with q spread block-
-      # diagonally over the K groups (eye_KK). A batched dot over (b, k) makes XLA transpose
-      # the whole [B,S,K,D] cache to [B,K,S,D] on every step; this costs K x the (memory-
-      # bound) GEMV flops instead and reads the cache once, in place.
-      q_BKGKD = jnp.einsum("bkgd,kj->bkgjd", q_BTKGD[:, 0], eye_KK)
-      # The cache as the dot's left operand ([S, K*D] as stored); the [S, KG] result is
+      # Decode: contract over (K, D), the cache's two minor axes, with each query head spread
+      # over all K KV heads, zero except its own (head_of_HK). A batched dot over (b, k)
+      # makes XLA transpose the whole [B,S,K,D] cache to [B,K,S,D] on every step; this costs
+      # K x the (memory-bound) GEMV flops instead and reads the cache once, in place.
+      q_BHKD = jnp.einsum("bhd,hk->bhkd", q_BTHD[:, 0], head_of_HK)
+      # The cache as the dot's left operand ([S, K*D] as stored); the [S, H] result is
       # small to transpose.
-      l_BSKG = jnp.einsum("bsjd,bkgjd->bskg", k_BSKD, q_BKGKD,
-                          preferred_element_type=jnp.float32)
-      l_BKGTS = l_BSKG.transpose(0, 2, 3, 1)[:, :, :, None, :]
+      l_BSH = jnp.einsum("bskd,bhkd->bsh", k_BSKD, q_BHKD, preferred_element_type=jnp.float32)
+      l_BKGTS = l_BSH.reshape(B, -1, K, H // K).transpose(0, 2, 3, 1)[:, :, :, None, :]
     else:
       l_BKGTS = jnp.einsum("btkgd,bskd->bkgts", q_BTKGD, k_BSKD,
                            preferred_element_type=jnp.float32)
@@ -72,11 +75,11 @@ def cached_gqa_attention(q_BTHD: jax.Array, k_cache_BSKD: jax.Array, v_cache_BSK
 
   def weighted(p_BKGTS, v_BSKD):
     if T == 1:
-      # p @ V[b] as [KG, S] x [S, K*D] (V in its own layout), keeping the k == j blocks.
-      o_BKGJD = jnp.einsum("bkgs,bsjd->bkgjd", p_BKGTS[:, :, :, 0], v_BSKD,
-                           preferred_element_type=jnp.float32)
-      o_BKGD = jnp.einsum("bkgjd,kj->bkgd", o_BKGJD, eye_KK)
-      return o_BKGD[:, None]
+      # p @ V[b] as [H, S] x [S, K*D] (V in its own layout), keeping each head's own KV head.
+      p_BHS = p_BKGTS[:, :, :, 0].reshape(B, H, -1)
+      o_BHKD = jnp.einsum("bhs,bskd->bhkd", p_BHS, v_BSKD, preferred_element_type=jnp.float32)
+      o_BHD = jnp.einsum("bhkd,hk->bhd", o_BHKD, head_of_HK)
+      return o_BHD.reshape(B, 1, K, H // K, D)
     return jnp.einsum("bkgts,bskd->btkgd", p_BKGTS, v_BSKD, preferred_element_type=jnp.float32)
 
   l_old, l_new = logits(k_cache_BSKD, cache_positions_BS), logits(k_new_BTKD, new_positions_BT)
@@ -94,16 +97,16 @@ class SoftmaxAttention(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, h_BTM: jax.Array, positions_BT: jax.Array, cache=None,
-               cache_index=None, kv_positions_BS=None, segment_ids_BT=None,
-               new_kv_positions_BT=None):
-    """Returns y_BTM; with `cache` returns (y_BTM, {"k", "v": [B,T,K,D]} the new slots).
+  def __call__(self, h_BTM: jax.Array, positions_BT: jax.Array, token_mask_BT=None,
+               cache=None, cache_info: Optional[CacheInfo] = None, segment_ids_BT=None):
+    """Returns (y_BTM, new cache): with `cache`, {"k", "v": [B,T,K,D]} the T new slots;
+    without, None.
 
-    cache: {"k", "v": [B,S_max,K,D]}, only read here: the queries see every cached slot whose
-    key position in kv_positions_BS [B,S_max] is <= their own (empty, padded or unwritten
-    slots carry int32 max) and the new tokens whose new_kv_positions_BT is. The caller
-    writes the returned new slots at [cache_index, cache_index + T) (HybridStack does it once
-    for the whole stack, in place); cache_index itself is not used here.
+    Tokens whose token_mask_BT is 0 (padding) are nobody's keys. cache: {"k", "v":
+    [B,S_max,K,D]}, only read here: the queries see every cached slot whose key position in
+    cache_info.kv_positions_BS is <= their own, and the new tokens likewise. The caller
+    writes the returned new slots at [cache_info.index, cache_info.index + T) (HybridStack
+    does it once for the whole stack, in place).
     """
     cfg = self.config
     M, H, K, D = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
@@ -120,15 +123,16 @@ class SoftmaxAttention(nn.Module):
     v = jnp.einsum("btm,mkd->btkd", h, wv.astype(dtype))
     q = apply_partial_rope(q, positions_BT, cfg.rotary_dim, cfg.rope_theta)
     k = apply_partial_rope(k, positions_BT, cfg.rotary_dim, cfg.rope_theta)
+    k_positions_BT = key_positions(positions_BT, token_mask_BT)
     if cache is None:
-      o = causal_gqa_attention(q, k, v, positions_BT, positions_BT, segment_ids_BT,
+      o = causal_gqa_attention(q, k, v, positions_BT, k_positions_BT, segment_ids_BT,
                                segment_ids_BT)
     else:
       # The new k/v round-trip through the cache dtype, as if read back from the cache.
       k, v = k.astype(cache["k"].dtype), v.astype(cache["v"].dtype)
       o = cached_gqa_attention(q, cache["k"].astype(dtype), cache["v"].astype(dtype),
-                               k.astype(dtype), v.astype(dtype), positions_BT, kv_positions_BS,
-                               new_kv_positions_BT)
+                               k.astype(dtype), v.astype(dtype), positions_BT,
+                               cache_info.kv_positions_BS, k_positions_BT)
       cache = {"k": k, "v": v}
     y_BTM = jnp.einsum("bthd,hdm->btm", o, wo.astype(dtype))
-    return y_BTM if cache is None else (y_BTM, cache)
+    return y_BTM, cache

@@ -68,7 +68,7 @@ def task_accuracy(params, model, config, tokenizer) -> dict:
 
 def _generated_accuracy(params, model, task, examples, tokenizer, seq_len, batch) -> dict:
   """Greedy decoding with m1jax.generate; exact match against completion + EOS."""
-  from m1jax.inference.generate import generate  # the sampler is only needed here
+  from m1jax.inference import generate  # the sampler is only needed here
   eos = tokenizer.eos_id
   exact, graded = 0, 0.0
   for start in range(0, len(examples), batch):

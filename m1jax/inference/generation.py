@@ -15,7 +15,7 @@ import numpy as np
 
 from m1jax.inference.cache import init_cache
 from m1jax.inference.forward import decode_step
-from m1jax.inference.prefill import DEFAULT_SEGMENT_LEN, left_pad, prefill
+from m1jax.inference.segmented_prefill import DEFAULT_SEGMENT_LEN, left_pad, prefill
 from m1jax.inference.sampling import sample_tokens, validate_sampling
 
 # Default shape bucket (tokens): see generate's length_bucket.
@@ -71,14 +71,14 @@ def _validate_ids(prompts, vocab_size: int) -> None:
 
 @functools.partial(jax.jit, static_argnames=("temperature", "top_k", "top_p", "stop_after",
                                              "stop_prob"))
-def _sample_step(logits_BV, key, step, done_B, run_B, eos_E, pad_id, *, temperature, top_k,
-                 top_p, stop_after, stop_prob):
+def _sample_step(logits_BV, key, step, done_B, run_B, eos_tokens, pad_id, *, temperature,
+                 top_k, top_p, stop_after, stop_prob):
   """Samples one token per row and updates the stop flags; finished rows emit pad_id."""
   tokens_B, log_prob_B = sample_tokens(logits_BV, jax.random.fold_in(key, step), temperature,
                                        top_k, top_p)
   tokens_B = jnp.where(done_B, pad_id, tokens_B)
   log_prob_B = jnp.where(done_B, 0.0, log_prob_B)
-  new_done_B = done_B | jnp.isin(tokens_B, eos_E)
+  new_done_B = done_B | jnp.isin(tokens_B, eos_tokens)
   if stop_after is not None:
     # M1 report: stop after `stop_after` consecutive tokens each with probability > stop_prob.
     confident_B = jnp.exp(log_prob_B) > jnp.float32(stop_prob)
@@ -160,15 +160,16 @@ def generate(model, params, input_ids, *, max_new_tokens: int, temperature: floa
   logits_BV, cache = prefill(cfg, params, cache, ids_BT, mask_BT, prefill_segment_len)
 
   key = jax.random.key(seed)
-  eos_E = jnp.asarray(list(eos_ids), jnp.int32)
+  eos_tokens = jnp.asarray(list(eos_ids), jnp.int32)
   done_B = jnp.zeros((B,), bool)
   run_B = jnp.zeros((B,), jnp.int32)
   tokens, log_probs, lengths_B = [], [], np.zeros((B,), np.int32)
   for step in range(max_new_tokens):
     emitted_B = ~done_B
     tokens_B, log_prob_B, done_B, run_B = _sample_step(
-        logits_BV, key, step, done_B, run_B, eos_E, jnp.int32(pad_id), temperature=temperature,
-        top_k=top_k, top_p=top_p, stop_after=early_stop_tokens, stop_prob=early_stop_prob)
+        logits_BV, key, step, done_B, run_B, eos_tokens, jnp.int32(pad_id),
+        temperature=temperature, top_k=top_k, top_p=top_p, stop_after=early_stop_tokens,
+        stop_prob=early_stop_prob)
     tokens.append(tokens_B)
     log_probs.append(log_prob_B)
     emitted = np.asarray(emitted_B)
