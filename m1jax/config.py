@@ -1,11 +1,8 @@
 """ModelConfig: the frozen, validated description of a MiniMax-M1-style model.
 
 It mirrors `config.model` of an ml_collections config field by field, and can also be built
-from a Hugging Face `config.json` in either key dialect (docs/MODEL.md §8.3):
-  * MiniMax's remote code (`model_type` "minimax_m1" / "minimax_text_01"): `attn_type_list`,
-    `rotary_dim`, `layernorm_*_alpha/beta`, `postnorm`;
-  * transformers' in-tree model (`model_type` "minimax"): `layer_types`, `rope_parameters`,
-    `*_alpha_factor/*_beta_factor`, `block_size`.
+from a Hugging Face `config.json` in either key dialect (docs/MODEL.md §8.3); the dialects
+themselves (reading and writing) live in m1jax/hf/dialects.py.
 Modules receive a ModelConfig and nothing else.
 """
 from __future__ import annotations
@@ -19,10 +16,6 @@ from typing import Any, Mapping
 # Attention type codes, as in the remote code's `attn_type_list`.
 LINEAR_ATTENTION = 0
 FULL_ATTENTION = 1
-_ATTN_TYPE_NAMES = {"linear_attention": LINEAR_ATTENTION, "full_attention": FULL_ATTENTION}
-
-REMOTE_MODEL_TYPES = ("minimax_m1", "minimax_text_01")
-IN_TREE_MODEL_TYPES = ("minimax",)
 MOE_IMPLS = ("ragged", "dense")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -157,6 +150,8 @@ class ModelConfig:
   @classmethod
   def from_hf_dict(cls, hf: Mapping[str, Any], **overrides) -> "ModelConfig":
     """Builds from a parsed HF config.json (remote or in-tree dialect)."""
+    # Imported here: m1jax.hf imports this module.
+    from m1jax.hf.dialects import hf_config_to_fields
     return cls.from_dict({**hf_config_to_fields(hf), **overrides})
 
   @classmethod
@@ -171,93 +166,6 @@ class ModelConfig:
     d = dataclasses.asdict(self)
     d["attn_type_list"] = list(self.attn_type_list)
     return d
-
-
-# -------------------------------------------------------------------- HF dialects
-def _require(hf: Mapping[str, Any], key: str) -> Any:
-  if key not in hf or hf[key] is None:
-    raise ValueError(f"HF config: missing required key {key!r} "
-                     f"(model_type={hf.get('model_type')!r})")
-  return hf[key]
-
-
-def _rope_from_hf(hf: Mapping[str, Any], head_dim: int) -> tuple[float, int]:
-  """(rope_theta, rotary_dim) from either dialect."""
-  rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-  if rope.get("rope_type", "default") not in ("default", None):
-    raise ValueError(f"HF config: rope_parameters.rope_type={rope.get('rope_type')!r} "
-                     "is not supported; only 'default' RoPE")
-  # Both dialects' config classes default to 1e6 (Mixtral heritage).
-  theta = rope.get("rope_theta", hf.get("rope_theta", 1_000_000.0))
-  if hf.get("rotary_dim") is not None:
-    rotary_dim = int(hf["rotary_dim"])
-  else:
-    factor = rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
-    rotary_dim = int(round(head_dim * float(factor)))
-  return float(theta), rotary_dim
-
-
-def hf_config_to_fields(hf: Mapping[str, Any]) -> dict[str, Any]:
-  """Maps an HF config.json dict to ModelConfig fields (docs/MODEL.md §8.3)."""
-  model_type = hf.get("model_type")
-  if model_type not in REMOTE_MODEL_TYPES + IN_TREE_MODEL_TYPES:
-    raise ValueError(f"HF config: unknown model_type {model_type!r}; expected one of "
-                     f"{REMOTE_MODEL_TYPES + IN_TREE_MODEL_TYPES}")
-  hidden = int(_require(hf, "hidden_size"))
-  heads = int(_require(hf, "num_attention_heads"))
-  head_dim = int(hf.get("head_dim") or hidden // heads)
-  theta, rotary_dim = _rope_from_hf(hf, head_dim)
-  fields: dict[str, Any] = dict(
-      vocab_size=int(_require(hf, "vocab_size")),
-      hidden_size=hidden,
-      num_hidden_layers=int(_require(hf, "num_hidden_layers")),
-      num_attention_heads=heads,
-      num_key_value_heads=int(hf.get("num_key_value_heads") or heads),
-      head_dim=head_dim,
-      intermediate_size=int(_require(hf, "intermediate_size")),
-      num_local_experts=int(_require(hf, "num_local_experts")),
-      num_experts_per_tok=int(_require(hf, "num_experts_per_tok")),
-      rotary_dim=rotary_dim,
-      rope_theta=theta,
-      max_position_embeddings=int(hf.get("max_position_embeddings") or 10_240_000),
-      rms_norm_eps=float(hf.get("rms_norm_eps", 1e-5)),
-      router_aux_loss_coef=float(hf.get("router_aux_loss_coef", 0.001)),
-      tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-      initializer_range=float(hf.get("initializer_range", 0.02)),
-  )
-  if hf.get("router_jitter_noise"):
-    raise ValueError(f"HF config: router_jitter_noise={hf['router_jitter_noise']} is not "
-                     "supported (MiniMax-M1 uses 0)")
-  if model_type in REMOTE_MODEL_TYPES:
-    if hf.get("shared_intermediate_size", 0):
-      raise ValueError("HF config: shared_intermediate_size="
-                       f"{hf['shared_intermediate_size']} (shared expert) is not supported; "
-                       "no released checkpoint uses it")
-    fields["attn_type_list"] = tuple(_require(hf, "attn_type_list"))
-    fields["postnorm"] = bool(hf.get("postnorm", False))
-    for kind in ("full_attention", "linear_attention", "mlp"):
-      for ab in ("alpha", "beta"):
-        key = f"layernorm_{kind}_{ab}"
-        fields[key] = float(hf.get(key, 1.0))
-  else:
-    layer_types = hf.get("layer_types")
-    if layer_types is None:  # the in-tree default: full attention at even indices
-      layer_types = ["full_attention" if i % 2 == 0 else "linear_attention"
-                     for i in range(fields["num_hidden_layers"])]
-    codes = []
-    for i, name in enumerate(layer_types):
-      if name not in _ATTN_TYPE_NAMES:
-        raise ValueError(f"HF config: layer_types[{i}]={name!r} is not one of "
-                         f"{sorted(_ATTN_TYPE_NAMES)}")
-      codes.append(_ATTN_TYPE_NAMES[name])
-    fields["attn_type_list"] = tuple(codes)
-    fields["postnorm"] = True  # hard-coded in the in-tree model
-    fields["block_size"] = int(hf.get("block_size", 256))
-    for ours, theirs in (("full_attention", "full_attn"), ("linear_attention", "linear_attn"),
-                         ("mlp", "mlp")):
-      for ab in ("alpha", "beta"):
-        fields[f"layernorm_{ours}_{ab}"] = float(hf.get(f"{theirs}_{ab}_factor", 1.0))
-  return fields
 
 
 def lightning_slopes(num_heads: int, num_layers: int) -> "list[list[float]]":
