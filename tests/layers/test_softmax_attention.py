@@ -57,7 +57,8 @@ def test_partial_rope_attention_matches_formula(rotary_dim):
                         layer.init(jax.random.key(1), h, positions)["params"])
   params = jax.tree.map(lambda x: x.unbox() if hasattr(x, "unbox") else x, params,
                         is_leaf=lambda x: hasattr(x, "unbox"))
-  out = layer.apply({"params": params}, h, positions)
+  out, no_cache = layer.apply({"params": params}, h, positions)
+  assert no_cache is None
   expected = _reference(np.asarray(h), params, np.asarray(positions, np.float64), cfg)
   assert_close(out, expected, name=f"attention rotary_dim={rotary_dim}")
 
@@ -68,6 +69,6 @@ def test_partial_and_full_rotary_differ():
   positions = jnp.arange(9, dtype=jnp.int32)[None] * 31
   layer_half, layer_full = SoftmaxAttention(_config(4)), SoftmaxAttention(_config(8))
   params = jax.tree.map(lambda x: x * 10.0, layer_half.init(jax.random.key(1), h, positions))
-  a = layer_half.apply(params, h, positions)
-  b = layer_full.apply(params, h, positions)
+  a, _ = layer_half.apply(params, h, positions)
+  b, _ = layer_full.apply(params, h, positions)
   assert float(jnp.max(jnp.abs(a - b))) > 0.05 * float(jnp.max(jnp.abs(a)))
