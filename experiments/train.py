@@ -2,56 +2,28 @@
 
   python -m experiments.train                      # the demo: tiny model, arithmetic, CPU
   python -m experiments.train --config=configs/small.py --workdir=runs/small
+  python -m experiments.train --config=configs/minimax_m1_456b.py:runlocal --workdir=/tmp/m1
   python -m experiments.train --config.train.num_steps=50 --config.optimizer.learning_rate=1e-3
 
-Overrides use ml_collections' `--config.key=value`; an unknown key is an error. Rerunning
-with the same workdir resumes from its latest checkpoint; SIGTERM saves and exits cleanly.
+`--config=FILE:VARIANTS` passes VARIANTS to the file's get_config (e.g. `layers=8,runlocal`;
+each config's docstring lists its own). Overrides use ml_collections' `--config.key=value`; an
+unknown key is an error naming it (m1jax.config_overrides). Rerunning with the same workdir
+resumes from its latest checkpoint; SIGTERM saves and exits cleanly.
 """
 import json
 import os
-import runpy
-import sys
 
 from absl import app
 from absl import flags
 from absl import logging
-from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/tiny.py", "Path of a configs/*.py file (get_config).")
+from m1jax import config_overrides
+
+_CONFIG = config_overrides.define_config_file(
+    "config", "configs/tiny.py",
+    "A configs/*.py file (get_config), optionally with variants: configs/tiny.py:runlocal.")
 _WORKDIR = flags.DEFINE_string(
     "workdir", "runs/tiny", "Checkpoints, metrics.jsonl, tensorboard/ and curves.png go here.")
-
-
-def unknown_override_keys(argv: list[str]) -> list[str]:
-  """Messages for every `--config.a.b=v` whose key the chosen config file does not have."""
-  path = "configs/tiny.py"
-  for arg in argv:
-    if arg.startswith("--config="):
-      path = arg.split("=", 1)[1].split(":", 1)[0]
-  overrides = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
-  if not overrides:
-    return []
-  config = runpy.run_path(path)["get_config"]()
-  problems = []
-  for dotted in overrides:
-    node, walked = config, []
-    for key in dotted.split("."):
-      if not hasattr(node, "keys") or key not in node:
-        valid = sorted(node.keys()) if hasattr(node, "keys") else []
-        where = ".".join(walked) or "the config"
-        problems.append(f"unknown config key {dotted!r} in --config.{dotted}: {where} has no "
-                        f"{key!r} (valid: {', '.join(valid)})")
-        break
-      node, walked = node[key], walked + [key]
-  return problems
-
-
-def _parse_flags(argv):
-  problems = unknown_override_keys(argv)
-  if problems:
-    sys.exit("error: " + "\n       ".join(problems))
-  return flags.FLAGS(argv)
 
 
 def main(argv):
@@ -74,4 +46,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=config_overrides.parse_flags)

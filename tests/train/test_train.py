@@ -4,9 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from absl import flags
-from ml_collections import config_flags
 
-from m1jax import MiniMaxM1ForCausalLM, ModelConfig
+from m1jax import MiniMaxM1ForCausalLM, ModelConfig, config_overrides
 from m1jax.train import train_and_evaluate
 from m1jax.train.checkpointing import Checkpointer
 from m1jax.train.data import ByteTokenizer, packed_dataset
@@ -97,29 +96,31 @@ def test_bad_train_settings():
 
 
 def _parse(argv):
+  """experiments/train.py's flag parsing, on a private FlagValues."""
   argv = ["train"] + argv
   values = flags.FlagValues()
-  holder = config_flags.DEFINE_config_file("config", None, "", flag_values=values,
-                                           sys_argv=argv)
-  values(argv)
+  holder = config_overrides.define_config_file("config", "configs/tiny.py", "",
+                                               flag_values=values, sys_argv=argv)
+  config_overrides.parse_flags(argv, flag_values=values)
   return holder.value
 
 
-def test_flag_overrides_change_the_config():
+def test_flag_overrides_change_the_config(capsys):
   config = _parse(["--config=configs/tiny.py", "--config.train.num_steps=7",
                    "--config.optimizer.learning_rate=0.5", "--config.data.task=sort"])
   assert (config.train.num_steps, config.optimizer.learning_rate, config.data.task) == (
       7, 0.5, "sort")
-  from experiments.train import unknown_override_keys
-  (problem,) = unknown_override_keys(["train", "--config=configs/tiny.py",
-                                      "--config.train.no_such_key=1"])
-  assert "unknown config key 'train.no_such_key'" in problem and "num_steps" in problem
-  assert unknown_override_keys(["train", "--config.optimizer.b2=0.9"]) == []
+  assert _parse(["--config.optimizer.b2=0.9"]).optimizer.b2 == 0.9
+  with pytest.raises(SystemExit):
+    _parse(["--config=configs/tiny.py", "--config.train.no_such_key=1"])
+  err = capsys.readouterr().err
+  assert "unknown config key 'train.no_such_key'" in err and "num_steps" in err
 
 
-@pytest.mark.parametrize("name", ["tiny", "small", "minimax_m1_456b"])
-def test_every_config_builds(name):
-  config = _parse([f"--config=configs/{name}.py"])
+@pytest.mark.parametrize("spec", ["tiny.py", "small.py", "minimax_m1_456b.py",
+                                  "small.py:layers=8", "minimax_m1_456b.py:runlocal"])
+def test_every_config_builds(spec):
+  config = _parse([f"--config=configs/{spec}"])
   model_config = ModelConfig.from_dict(config.model.to_dict())
   make_optimizer(config.optimizer, config.train.num_steps)
   assert config.train.batch_size % config.train.grad_accum_steps == 0
