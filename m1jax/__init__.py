@@ -1,15 +1,40 @@
-"""m1jax: MiniMax-M1 in JAX/Flax."""
+"""m1jax: MiniMax-M1 in JAX/Flax.
+
+Public names load on first use (PEP 562), so `import m1jax.config_overrides` (flag parsing,
+`--help`) does not pay for importing jax and flax.
+"""
+import importlib
+
 __version__ = "0.2.0"
 
-from m1jax.config import ModelConfig, lightning_slopes
-from m1jax.hf import from_pretrained, save_pretrained
-from m1jax.losses import load_balancing_loss, next_token_loss
-from m1jax.model import CausalLMOutput, MiniMaxM1ForCausalLM, init_params
-from m1jax import ops
-from m1jax.inference import generate
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "ModelConfig": "m1jax.config",
+    "lightning_slopes": "m1jax.config",
+    "from_pretrained": "m1jax.hf",
+    "save_pretrained": "m1jax.hf",
+    "load_balancing_loss": "m1jax.losses",
+    "next_token_loss": "m1jax.losses",
+    "CausalLMOutput": "m1jax.model",
+    "MiniMaxM1ForCausalLM": "m1jax.model",
+    "init_params": "m1jax.model",
+    "generate": "m1jax.inference",
+}
+_SUBMODULES = ("ops",)
 
-__all__ = [
-    "CausalLMOutput", "MiniMaxM1ForCausalLM", "ModelConfig", "from_pretrained", "generate",
-    "__version__", "init_params", "lightning_slopes", "load_balancing_loss", "next_token_loss", "ops",
-    "save_pretrained",
-]
+__all__ = ["__version__", *_EXPORTS, *_SUBMODULES]
+
+
+def __getattr__(name):
+  if name in _EXPORTS:
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+  elif name in _SUBMODULES:
+    value = importlib.import_module(f"m1jax.{name}")
+  else:
+    raise AttributeError(f"module 'm1jax' has no attribute {name!r}")
+  globals()[name] = value  # cache: later lookups skip __getattr__
+  return value
+
+
+def __dir__():
+  return sorted(set(globals()) | set(__all__))
