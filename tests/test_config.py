@@ -11,6 +11,7 @@ import re
 import pytest
 
 from m1jax.config import ModelConfig
+from tests.helpers import FULL, LINEAR, hf_config, require, tiny_config
 
 # Fields that describe how we compute, not the checkpoint; HF configs cannot carry them.
 IMPLEMENTATION_FIELDS = ("dtype", "param_dtype", "lm_head_fp32", "moe_impl", "lightning_impl",
@@ -20,14 +21,8 @@ IMPLEMENTATION_FIELDS = ("dtype", "param_dtype", "lm_head_fp32", "moe_impl", "li
 RELEASE_SOFTMAX_LAYERS = tuple(range(7, 80, 8))
 RELEASE_ATTN_TYPES = [1 if l in RELEASE_SOFTMAX_LAYERS else 0 for l in range(80)]
 RELEASE_ALPHA = 3.5565588200778455
-
-
-def tiny(**changes) -> ModelConfig:
-  values = dict(vocab_size=97, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
-                num_key_value_heads=2, head_dim=8, intermediate_size=48, num_local_experts=4,
-                num_experts_per_tok=2, attn_type_list=(0, 0, 0, 1), rotary_dim=4, block_size=8)
-  values.update(changes)
-  return ModelConfig(**values)
+# Four layers, so the validation cases below can make attn_type_list one too short or long.
+BASE_TYPES = (0, 0, 0, 1)
 
 
 def shipped(name: str) -> ModelConfig:
@@ -183,20 +178,20 @@ def test_456b_config_has_every_released_value():
     pytest.param(dict(tie_word_embeddings=True), "tie_word_embeddings", id="tied-embeddings"),
 ])
 def test_contradiction_raises_naming_the_field(changes, field):
-  tiny()  # the base config itself is valid
+  tiny_config(BASE_TYPES)  # the base config itself is valid
   with pytest.raises(ValueError, match=re.escape(f"ModelConfig.{field}")):
-    tiny(**changes)
+    tiny_config(BASE_TYPES, **changes)
 
 
 def test_from_dict_rejects_unknown_keys_by_name():
-  values = tiny().to_dict()
-  assert ModelConfig.from_dict(values) == tiny()
+  values = tiny_config(BASE_TYPES).to_dict()
+  assert ModelConfig.from_dict(values) == tiny_config(BASE_TYPES)
   with pytest.raises(ValueError, match="num_shared_experts"):
     ModelConfig.from_dict({**values, "num_shared_experts": 1})
 
 
 def test_from_dict_rejects_missing_required_keys_by_name():
-  values = tiny().to_dict()
+  values = tiny_config(BASE_TYPES).to_dict()
   del values["head_dim"]
   with pytest.raises(ValueError, match="head_dim"):
     ModelConfig.from_dict(values)
@@ -212,7 +207,7 @@ def test_from_dict_rejects_missing_required_keys_by_name():
     pytest.param([1], 1, False, id="single-layer"),
 ])
 def test_layer_period_and_is_scanned(types, period, scanned):
-  config = tiny(num_hidden_layers=len(types), attn_type_list=tuple(types))
+  config = tiny_config(types)
   assert config.layer_period == period
   assert config.is_scanned is scanned
   # scan_layers=False always unrolls, whatever the period.
@@ -314,20 +309,17 @@ def test_bad_hf_config_raises_naming_the_key(dialect, changes, key):
 
 
 def test_transformers_minimax_config_json_round_trips(tmp_path):
-  transformers = pytest.importorskip("transformers")
-  hf_config = transformers.MiniMaxConfig(
-      vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
-      num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-      layer_types=["linear_attention", "linear_attention", "full_attention",
-                   "linear_attention"],
-      num_local_experts=4, num_experts_per_tok=2, block_size=8, max_position_embeddings=512,
+  # The tiny architecture of tests/helpers.py, with every checkpoint key that the helper
+  # leaves at a default given a value of its own.
+  config = hf_config(
+      (LINEAR, LINEAR, FULL, LINEAR), max_position_embeddings=512,
       rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                        "partial_rotary_factor": 0.5},
       full_attn_alpha_factor=1.25, full_attn_beta_factor=0.75, linear_attn_alpha_factor=1.5,
       linear_attn_beta_factor=0.5, mlp_alpha_factor=2.0, mlp_beta_factor=0.25,
       rms_norm_eps=1e-6, router_aux_loss_coef=0.01, initializer_range=0.1)
   path = tmp_path / "config.json"
-  hf_config.to_json_file(str(path))
+  config.to_json_file(str(path))
   expected = ModelConfig(
       vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
       num_attention_heads=4, num_key_value_heads=2, head_dim=8, attn_type_list=(0, 0, 1, 0),
@@ -339,18 +331,18 @@ def test_transformers_minimax_config_json_round_trips(tmp_path):
       initializer_range=0.1)
   assert ModelConfig.from_hf_json(path) == expected
   # save_pretrained writes the same file (plus generation_config.json).
-  hf_config.save_pretrained(str(tmp_path / "saved"))
+  config.save_pretrained(str(tmp_path / "saved"))
   assert ModelConfig.from_hf_json(tmp_path / "saved" / "config.json") == expected
 
 
 def test_transformers_default_layer_types_match_ours():
-  transformers = pytest.importorskip("transformers")
-  hf_config = transformers.MiniMaxConfig(num_hidden_layers=5)
+  transformers = require("transformers")
+  hf_defaults = transformers.MiniMaxConfig(num_hidden_layers=5)
   ours = ModelConfig.from_hf_dict({**released_in_tree_config_json(), "num_hidden_layers": 5,
                                    "layer_types": None})
-  assert ours.attn_type_list == tuple(int(t == "full_attention") for t in hf_config.layer_types)
+  assert ours.attn_type_list == tuple(int(t == "full_attention") for t in hf_defaults.layer_types)
 
 
 def test_model_config_is_frozen():
   with pytest.raises(dataclasses.FrozenInstanceError):
-    tiny().hidden_size = 64
+    tiny_config(BASE_TYPES).hidden_size = 64

@@ -14,9 +14,11 @@ import jax
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-safetensors_numpy = pytest.importorskip("safetensors.numpy")
+from tests.helpers import FULL, LINEAR, hf_model, require
+
+require("torch")
+require("transformers")
+safetensors_numpy = require("safetensors.numpy")
 
 import m1jax  # noqa: E402
 from m1jax.hf import CheckpointError  # noqa: E402
@@ -26,15 +28,12 @@ LINEAR_LAYER, SOFTMAX_LAYER = 0, 1
 
 
 def _hf_model():
-  config = transformers.MiniMaxConfig(
-      vocab_size=97, hidden_size=HIDDEN, intermediate_size=FFN, num_hidden_layers=3,
-      num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-      layer_types=["linear_attention", "full_attention", "linear_attention"],
-      num_local_experts=NUM_EXPERTS, num_experts_per_tok=2, block_size=8,
-      max_position_embeddings=256, initializer_range=0.1, bos_token_id=1, eos_token_id=2,
-      pad_token_id=None)
-  torch.manual_seed(0)
-  return transformers.MiniMaxForCausalLM(config).eval().float()
+  model = hf_model((LINEAR, FULL, LINEAR), num_local_experts=NUM_EXPERTS, hidden_size=HIDDEN,
+                   intermediate_size=FFN)
+  # The cases below name layers by these indices.
+  assert model.config.layer_types[LINEAR_LAYER] == LINEAR
+  assert model.config.layer_types[SOFTMAX_LAYER] == FULL
+  return model
 
 
 @pytest.fixture(scope="module")

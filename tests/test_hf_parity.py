@@ -14,12 +14,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+from tests.helpers import FULL as F
+from tests.helpers import LINEAR as L
+from tests.helpers import hf_model, require
+
+torch = require("torch")
+require("transformers")
 
 import m1jax  # noqa: E402
-
-L, F = "linear_attention", "full_attention"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,26 +57,12 @@ CASES = [
 
 def _hf_model(case: Case, seed: int = 0):
   fa, fb, la, lb, ma, mb = case.alphas
-  config = transformers.MiniMaxConfig(
-      vocab_size=97, hidden_size=32, intermediate_size=48,
-      num_hidden_layers=len(case.layer_types), num_attention_heads=case.heads,
-      num_key_value_heads=case.kv_heads, head_dim=8, layer_types=list(case.layer_types),
-      num_local_experts=case.experts, num_experts_per_tok=case.top_k, block_size=case.block,
-      max_position_embeddings=512, initializer_range=0.1,
-      rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
-                       "partial_rotary_factor": 1.0},
+  return hf_model(
+      case.layer_types, seed=seed, num_attention_heads=case.heads,
+      num_key_value_heads=case.kv_heads, num_local_experts=case.experts,
+      num_experts_per_tok=case.top_k, block_size=case.block,
       full_attn_alpha_factor=fa, full_attn_beta_factor=fb, linear_attn_alpha_factor=la,
-      linear_attn_beta_factor=lb, mlp_alpha_factor=ma, mlp_beta_factor=mb,
-      # No pad token: HF zero-initialises the pad embedding row, which makes router logits
-      # exactly tied, and torch.topk and lax.top_k break exact ties differently.
-      bos_token_id=1, eos_token_id=2, pad_token_id=None, router_aux_loss_coef=0.01)
-  torch.manual_seed(seed)
-  model = transformers.MiniMaxForCausalLM(config).eval().float()
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      if "norm" in name:
-        p.uniform_(0.5, 1.5)
-  return model
+      linear_attn_beta_factor=lb, mlp_alpha_factor=ma, mlp_beta_factor=mb)
 
 
 @pytest.fixture(scope="module")

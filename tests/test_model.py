@@ -15,46 +15,10 @@ from m1jax.layers import decoder
 from m1jax.layers import params as P
 from m1jax.model import MiniMaxM1ForCausalLM, init_params
 from tests.assertions import assert_close
+from tests.helpers import random_ids, random_params, tiny_config
 
 LFL = (0, 1, 0)               # both layer types, not periodic: unrolled
 LLLF_X2 = (0, 0, 0, 1) * 2    # period 4, two groups: scanned
-
-
-def tiny(attn_types=LFL, **changes) -> ModelConfig:
-  values = dict(vocab_size=97, hidden_size=32, num_hidden_layers=len(attn_types),
-                num_attention_heads=4, num_key_value_heads=2, head_dim=8, intermediate_size=48,
-                num_local_experts=4, num_experts_per_tok=2, attn_type_list=tuple(attn_types),
-                rotary_dim=4, rope_theta=10_000.0, block_size=8, initializer_range=0.1,
-                layernorm_full_attention_alpha=1.5, layernorm_linear_attention_alpha=1.25,
-                layernorm_mlp_alpha=1.75)
-  values.update(changes)
-  return ModelConfig(**values)
-
-
-def random_params(config: ModelConfig, seed: int):
-  """Random params in the model's own structure and dtypes, without compiling `init`.
-
-  Shapes come from `jax.eval_shape(model.init)`; values are numpy draws (norm scales around
-  1, so a norm weight mapped to the wrong place cannot hide behind all-ones). Compiling the
-  real init costs seconds per config on CPU; test_init_params_* covers it once.
-  """
-  shapes = nn.meta.unbox(jax.eval_shape(
-      lambda: MiniMaxM1ForCausalLM(config).init(jax.random.key(0),
-                                                jnp.zeros((1, 4), jnp.int32)))["params"])
-  rng = np.random.default_rng(seed)
-
-  def draw(path, leaf):
-    if path[-1].key == "scale":
-      value = rng.uniform(0.5, 1.5, leaf.shape)
-    else:
-      value = rng.standard_normal(leaf.shape) * config.initializer_range
-    return jnp.asarray(value, leaf.dtype)
-
-  return jax.tree_util.tree_map_with_path(draw, shapes)
-
-
-def random_ids(seed: int, batch: int, seq: int) -> jax.Array:
-  return jnp.asarray(np.random.default_rng(seed).integers(0, 97, size=(batch, seq)))
 
 
 # ------------------------------------------------------------------ causality
@@ -64,7 +28,7 @@ def random_ids(seed: int, batch: int, seq: int) -> jax.Array:
     pytest.param((0, 1) * 2, "ragged", id="scanned-LFx2-ragged"),
 ])
 def test_logits_never_depend_on_future_or_other_rows(attn_types, moe_impl):
-  config = tiny(attn_types, moe_impl=moe_impl)
+  config = tiny_config(attn_types, moe_impl=moe_impl)
   B, T = 2, 13  # T = 8 + 5: crosses one lightning block boundary, last block short
   model = MiniMaxM1ForCausalLM(config)
   params = random_params(config, 0)
@@ -102,8 +66,8 @@ def test_logits_never_depend_on_future_or_other_rows(attn_types, moe_impl):
 
 # ------------------------------------------------------------------ scan vs unroll
 def _scanned_and_unrolled():
-  unrolled = tiny(LLLF_X2, scan_layers=False)
-  scanned = tiny(LLLF_X2, scan_layers=True)
+  unrolled = tiny_config(LLLF_X2, scan_layers=False)
+  scanned = tiny_config(LLLF_X2, scan_layers=True)
   assert not unrolled.is_scanned and scanned.is_scanned and scanned.layer_period == 4
   return scanned, unrolled
 
@@ -161,7 +125,7 @@ def test_scan_uses_global_layer_index_for_slopes(monkeypatch):
     pytest.param(LFL, True, id="non-periodic"),
 ])
 def test_split_merge_round_trip_is_identity(attn_types, scan):
-  config = tiny(attn_types, scan_layers=scan)
+  config = tiny_config(attn_types, scan_layers=scan)
   params = random_params(config, 5)["model"]
   per_layer = decoder.split_layer_params(params, config)
   assert len(per_layer) == config.num_hidden_layers
@@ -179,7 +143,7 @@ def test_split_merge_round_trip_is_identity(attn_types, scan):
 
 
 def test_merge_rejects_wrong_layer_count():
-  config = tiny(LLLF_X2)
+  config = tiny_config(LLLF_X2)
   per_layer = decoder.split_layer_params(
       random_params(config, 6)["model"], config)
   with pytest.raises(ValueError, match="7 layers"):
@@ -251,7 +215,7 @@ def _round_to_bf16(params):
 
 @pytest.mark.parametrize("lm_head_fp32", [True, False], ids=["head-fp32", "head-bf16"])
 def test_bf16_model_is_close_to_fp32_model(lm_head_fp32):
-  config32 = tiny((0, 1) * 2, lm_head_fp32=lm_head_fp32)
+  config32 = tiny_config((0, 1) * 2, lm_head_fp32=lm_head_fp32)
   config16 = config32.replace(dtype="bfloat16", param_dtype="bfloat16")
   params16 = _round_to_bf16(random_params(config32, 7))
   # The bf16 model's own init has the same structure and dtypes.
@@ -269,7 +233,7 @@ def test_bf16_model_is_close_to_fp32_model(lm_head_fp32):
 
 
 def test_lm_head_fp32_switch_is_exact_in_fp32_and_differs_in_bf16():
-  config = tiny(LFL)
+  config = tiny_config(LFL)
   params = random_params(config, 9)
   ids = random_ids(10, 1, 11)
   on = jax.jit(MiniMaxM1ForCausalLM(config).apply)({"params": params}, ids).logits
@@ -303,7 +267,7 @@ PARAM_AXIS_NAMES = {value for name, value in vars(P).items()
 def test_every_parameter_has_logical_axis_names(attn_types, scan):
   assert {"vocab", "embed", "heads", "kv_heads", "head_dim", "experts", "mlp",
           "layers"} <= PARAM_AXIS_NAMES
-  config = tiny(attn_types, scan_layers=scan)
+  config = tiny_config(attn_types, scan_layers=scan)
   model = MiniMaxM1ForCausalLM(config)
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0),
                                                 jnp.zeros((1, 4), jnp.int32)))
@@ -327,7 +291,7 @@ def test_every_parameter_has_logical_axis_names(attn_types, scan):
 
 
 def test_init_params_gives_unboxed_params_of_the_declared_shapes():
-  config = tiny((0, 1), num_hidden_layers=2)
+  config = tiny_config((0, 1), num_hidden_layers=2)
   model = MiniMaxM1ForCausalLM(config)
   params = init_params(model, jax.random.key(0))
   declared = random_params(config, 0)

@@ -16,7 +16,7 @@ import pytest
 from m1jax import inference
 from m1jax.model import MiniMaxM1ForCausalLM
 from tests.assertions import assert_close
-from tests.test_model import random_ids, random_params, tiny
+from tests.helpers import random_ids, random_params, tiny_config
 
 SCANNED = (0, 0, 0, 1) * 2   # period 4, two groups
 UNROLLED = (0, 1, 0)         # non-periodic
@@ -26,7 +26,7 @@ MAX_LEN = 64
 @functools.lru_cache(maxsize=None)
 def _model(types):
   """(config, params, jitted full-forward logits) per layer-type list, built once."""
-  cfg = tiny(types)
+  cfg = tiny_config(types)
   model = MiniMaxM1ForCausalLM(cfg)
   full = jax.jit(lambda params, ids: model.apply({"params": params}, ids).logits)
   return cfg, random_params(cfg, 0), full
@@ -104,7 +104,7 @@ def test_left_padding_leaves_state_and_logits_as_alone():
 
 
 def test_lightning_state_size_does_not_depend_on_context_length():
-  cfg = tiny(SCANNED)
+  cfg = tiny_config(SCANNED)
   H, D = cfg.num_attention_heads, cfg.head_dim
   short, long = inference.init_cache(cfg, 3, 16), inference.init_cache(cfg, 3, 1 << 16)
   for j in range(3):
@@ -115,7 +115,7 @@ def test_lightning_state_size_does_not_depend_on_context_length():
       inference.cache_bytes(long)["lightning_state"]
   assert long.layers["groups"]["layer_3"]["k"].shape == (2, 3, 1 << 16, 2, D)
   assert long.max_len == 1 << 16
-  lightning_only = inference.init_cache(tiny((0, 0)), 3, 1 << 20)
+  lightning_only = inference.init_cache(tiny_config((0, 0)), 3, 1 << 20)
   assert lightning_only.max_len is None
   assert inference.cache_bytes(lightning_only) == {"lightning_state": 2 * 3 * H * D * D * 4,
                                                    "kv": 0}

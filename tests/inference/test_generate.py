@@ -5,13 +5,12 @@ prompts are padded to whole segments and the capacity to 64: one prefill and one
 program per batch size (2 and 1) serve the whole module, and test_cache.py's batch-2 and
 batch-1 programs are the same ones (same config, capacity and segment length).
 """
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import m1jax
 from m1jax.model import MiniMaxM1ForCausalLM
-from tests.test_model import random_params, tiny
+from tests.helpers import FULL, LINEAR, hf_model, random_params, require, tiny_config
 
 PROMPTS = [[5, 17, 3], [40, 2, 9, 88, 61, 7, 12, 30, 11, 70, 45]]
 SEG = 5
@@ -19,7 +18,7 @@ SEG = 5
 
 @pytest.fixture(scope="module")
 def model_and_params():
-  cfg = tiny((0, 0, 0, 1) * 2)
+  cfg = tiny_config((0, 0, 0, 1) * 2)
   return MiniMaxM1ForCausalLM(cfg), random_params(cfg, 0)
 
 
@@ -86,10 +85,9 @@ def test_bad_input_raises_a_clear_error(model_and_params, kw, match):
 
 @pytest.mark.slow
 def test_greedy_tokens_match_transformers_generate(tmp_path):
-  torch = pytest.importorskip("torch")
-  pytest.importorskip("transformers")
-  from tests.test_hf_parity import CASES, _hf_model
-  hf = _hf_model(CASES[0])  # (L,L,L,F) x 2, scanned, GQA 2:1, full rotary, block 16
+  torch = require("torch")
+  # Scanned (period 4, two groups), GQA 2:1, full rotary (transformers' only kind).
+  hf = hf_model((LINEAR, LINEAR, LINEAR, FULL) * 2, block_size=16)
   hf.save_pretrained(tmp_path)
   model, params = m1jax.from_pretrained(tmp_path)
   prompts = [[5, 17, 3, 60, 22], [40, 2, 9, 88, 61, 7, 12, 30, 31, 50, 8, 90, 14, 33, 65, 19,

@@ -10,7 +10,7 @@ import pytest
 from m1jax import ModelConfig, init_params
 from m1jax.train import train_and_evaluate
 from m1jax.train.checkpointing import restore_trained_params
-from tests.train.helpers import micro_config
+from tests.helpers import micro_train_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -18,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 @pytest.mark.slow
 def test_generate_from_a_trainer_checkpoint(tmp_path):
   workdir = tmp_path / "run"
-  config = micro_config(num_steps=3, checkpoint_every=3)
+  config = micro_train_config(num_steps=3, checkpoint_every=3)
   train_and_evaluate(config, str(workdir))
   saved_config, model, params = restore_trained_params(str(workdir))
   assert model.config == ModelConfig.from_dict(config.model.to_dict())

@@ -6,16 +6,15 @@ import sys
 
 import pytest
 
+from tests.helpers import FULL, LINEAR, hf_model, require
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.mark.slow
 def test_generate_script_streams_and_batches(tmp_path):
-  pytest.importorskip("torch")
-  pytest.importorskip("transformers")
-  tokenizers = pytest.importorskip("tokenizers")
-  from tests.test_hf_parity import CASES, _hf_model
-  _hf_model(CASES[0]).save_pretrained(tmp_path)
+  tokenizers = require("tokenizers")
+  hf_model((LINEAR, LINEAR, LINEAR, FULL) * 2, block_size=16).save_pretrained(tmp_path)
   vocab = {f"w{i}": i for i in range(97)}
   tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="w0"))
   tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()

@@ -10,22 +10,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from m1jax.config import ModelConfig
 from m1jax.layers.moe import (RouterStats, SparseMoE, route, router_stats, swiglu_dense,
                               swiglu_ragged)
 from m1jax.losses import load_balancing_loss
 from tests.assertions import assert_close
+from tests.helpers import tiny_config
 
 N, M, F, E = 12, 16, 24, 4
-
-
-def tiny_config(**changes) -> ModelConfig:
-  values = dict(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, head_dim=8, intermediate_size=48, num_local_experts=4,
-                num_experts_per_tok=2, attn_type_list=(0, 1), rotary_dim=4, block_size=8,
-                initializer_range=0.2)
-  values.update(changes)
-  return ModelConfig(**values)
+# Router weights large enough that the top-k choice is far from ties.
+MOE_INIT = dict(initializer_range=0.2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,7 +154,7 @@ def test_route_runs_in_float32_for_bf16_inputs():
 @functools.lru_cache(maxsize=None)
 def moe_params(dtype: str):
   """One random init per dtype; top_k and moe_impl do not change the parameters."""
-  config = tiny_config(dtype=dtype, param_dtype=dtype)
+  config = tiny_config(**MOE_INIT, dtype=dtype, param_dtype=dtype)
   h = jnp.zeros((1, 2, config.hidden_size), dtype)
   return nn.meta.unbox(jax.jit(SparseMoE(config).init)(jax.random.key(0), h)["params"])
 
@@ -169,7 +162,7 @@ def moe_params(dtype: str):
 @pytest.mark.parametrize("top_k", [1, 2, 4])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_sparse_moe_dense_and_ragged_modes_agree(top_k, dtype):
-  config = tiny_config(num_experts_per_tok=top_k, dtype=dtype, param_dtype=dtype)
+  config = tiny_config(**MOE_INIT, num_experts_per_tok=top_k, dtype=dtype, param_dtype=dtype)
   rng = np.random.default_rng(7)
   h = jnp.asarray(rng.standard_normal((2, 9, config.hidden_size)), dtype)
   mask = jnp.asarray(rng.uniform(size=(2, 9)) > 0.3)

@@ -21,6 +21,7 @@ import pytest
 
 from m1jax.layers import rope as rope_lib
 from tests.assertions import assert_close
+from tests.helpers import require
 
 HEAD_DIM = 16
 
@@ -176,7 +177,7 @@ def test_eager_matches_formula_too():
 @pytest.mark.parametrize("rotary_dim, theta", [(64, 1e7), (128, 1e7), (8, 1e4)],
                          ids=["rot64-theta1e7", "rot128-theta1e7", "rot8-theta1e4"])
 def test_inverse_frequencies_equal_the_remote_codes_fp32_table(rotary_dim, theta):
-  torch = pytest.importorskip("torch")
+  torch = require("torch")
   # MiniMaxM1RotaryEmbedding.__init__, verbatim in fp32.
   inv_freq = 1.0 / (theta ** (torch.arange(0, rotary_dim, 2).float() / rotary_dim))
   ours = np.asarray(rope_lib.rope_inverse_frequencies(rotary_dim, theta))

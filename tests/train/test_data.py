@@ -1,12 +1,11 @@
 """The grain pipeline: packing with segment ids, labels, determinism, resume, bad input."""
-import itertools
 import json
 
 import numpy as np
 import pytest
 
 from m1jax.train.data import ByteTokenizer, make_tokenizer, packed_dataset, targets
-from tests.train.helpers import micro_config
+from tests.helpers import micro_train_config
 
 
 def _batches(config, n, split=0, state=None):
@@ -19,7 +18,7 @@ def _batches(config, n, split=0, state=None):
 
 
 def test_packed_rows_hold_whole_documents_with_segment_ids():
-  config = micro_config()
+  config = micro_train_config()
   (batch,), _ = _batches(config, 1)
   tok = ByteTokenizer()
   for row in range(batch["tokens"].shape[0]):
@@ -43,7 +42,7 @@ def test_packed_rows_hold_whole_documents_with_segment_ids():
 
 
 def test_pipeline_is_deterministic_and_resumable():
-  config = micro_config()
+  config = micro_train_config()
   first, _ = _batches(config, 5)
   again, _ = _batches(config, 5)
   for a, b in zip(first, again):
@@ -63,7 +62,7 @@ def test_text_and_jsonl_sources(tmp_path):
     for i in range(10):
       f.write(json.dumps({"text": f"record {i}"}) + "\n")
       f.write(json.dumps({"prompt": "Q", "completion": f"A{i}"}) + "\n")
-  config = micro_config()
+  config = micro_train_config()
   config.data.source = "text"
   config.data.paths = f"{tmp_path}/*.txt,{tmp_path}/*.jsonl"
   (batch,), _ = _batches(config, 1)
@@ -73,7 +72,7 @@ def test_text_and_jsonl_sources(tmp_path):
 
 def test_empty_dataset_is_an_error(tmp_path):
   (tmp_path / "empty.jsonl").write_text("\n\n")
-  config = micro_config()
+  config = micro_train_config()
   config.data.source = "text"
   config.data.paths = str(tmp_path / "empty.jsonl")
   with pytest.raises(ValueError, match="empty training set"):
@@ -94,7 +93,7 @@ def _word_level_tokenizer(path, words):
 def test_hf_tokenizer_json(tmp_path):
   path = tmp_path / "tokenizer.json"
   _word_level_tokenizer(path, ["hello", "world"])
-  config = micro_config()
+  config = micro_train_config()
   config.data.tokenizer, config.data.eos_token = str(path), "<eos>"
   tok = make_tokenizer(config.data, config.model.vocab_size)
   assert tok.encode("hello world").tolist() == [3, 4] and tok.eos_id == 1
@@ -103,7 +102,7 @@ def test_hf_tokenizer_json(tmp_path):
 def test_tokenizer_larger_than_model_vocab_is_an_error(tmp_path):
   path = tmp_path / "tokenizer.json"
   _word_level_tokenizer(path, [f"w{i}" for i in range(600)])
-  config = micro_config()
+  config = micro_train_config()
   config.data.tokenizer = str(path)
   with pytest.raises(ValueError, match="603 tokens but model.vocab_size is 512"):
     make_tokenizer(config.data, config.model.vocab_size)

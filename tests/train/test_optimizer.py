@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 from m1jax.train.optimizer import decay_mask, learning_rate_schedule, make_optimizer
-from tests.train.helpers import micro_config
+from tests.helpers import micro_train_config
 
 
 def test_warmup_then_cosine_and_constant():
-  opt = micro_config().optimizer
+  opt = micro_train_config().optimizer
   opt.learning_rate, opt.warmup_steps, opt.final_lr_fraction = 1.0, 10, 0.1
   lr = learning_rate_schedule(opt, 110)
   np.testing.assert_allclose([lr(0), lr(5), lr(10), lr(60), lr(110)],
@@ -32,7 +32,7 @@ def test_no_weight_decay_on_norms():
   assert [k for k, v in flat.items() if v] == [
       "['lm_head']", "['model']['groups']['layer_0']['self_attn']['out_proj']"]
   # With zero gradients AdamW only decays: norms must not move, other weights must.
-  opt = micro_config().optimizer
+  opt = micro_train_config().optimizer
   opt.learning_rate, opt.warmup_steps, opt.weight_decay = 0.1, 0, 0.5
   tx, _ = make_optimizer(opt, 10)
   zeros = jax.tree.map(np.zeros_like, params)

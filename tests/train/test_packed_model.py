@@ -3,17 +3,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from m1jax import MiniMaxM1ForCausalLM, ModelConfig, init_params
+from m1jax import MiniMaxM1ForCausalLM, init_params
 from tests.assertions import assert_close
+from tests.helpers import tiny_config
 
 
-def _config(**changes):
-  values = dict(vocab_size=61, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
-                num_key_value_heads=2, head_dim=8, intermediate_size=32, num_local_experts=4,
-                num_experts_per_tok=2, attn_type_list=(0, 1, 0, 1), rotary_dim=4,
-                block_size=4, rope_theta=100.0)
-  values.update(changes)
-  return ModelConfig(**values)
+def _config():
+  # Short blocks (many block boundaries inside each document) and a small RoPE base (so a
+  # position that failed to restart at a document boundary changes the logits).
+  return tiny_config((0, 1, 0, 1), block_size=4, rope_theta=100.0)
 
 
 def test_packed_row_matches_documents_run_alone():

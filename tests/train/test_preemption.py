@@ -9,7 +9,7 @@ import pytest
 
 from m1jax.train import train_and_evaluate
 from m1jax.train.checkpointing import Checkpointer
-from tests.train.helpers import micro_config
+from tests.helpers import micro_train_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -17,9 +17,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def _start(tmp_path, checkpoint_every):
   config_file = tmp_path / "micro.py"
   config_file.write_text(
-      "from tests.train.helpers import micro_config\n\n"
+      "from tests.helpers import micro_train_config\n\n"
       "def get_config(arg=None):\n"
-      f"  return micro_config(num_steps=100000, checkpoint_every={checkpoint_every})\n")
+      f"  return micro_train_config(num_steps=100000, checkpoint_every={checkpoint_every})\n")
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
   return subprocess.Popen(
       [sys.executable, "-m", "experiments.train", f"--config={config_file}",
@@ -67,6 +67,6 @@ def test_kill_9_during_saves_then_resume(tmp_path):
   proc.send_signal(signal.SIGKILL)
   proc.wait(timeout=60)
   last = max(_steps(tmp_path / "run"))
-  summary = train_and_evaluate(micro_config(num_steps=last + 2, checkpoint_every=1),
+  summary = train_and_evaluate(micro_train_config(num_steps=last + 2, checkpoint_every=1),
                                str(tmp_path / "run"))
   assert summary["start_step"] == last and summary["step"] == last + 2
