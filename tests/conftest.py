@@ -17,3 +17,11 @@ import jax  # noqa: E402
 
 # Silent broadcasting ([B,T] + [T] and the like) hides shape bugs; make it an error.
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+def pytest_configure(config):
+  # tests/pallas_kernels: the race-detector fixtures fail a test in which no kernel was
+  # checked, unless it is marked as running none.
+  config.addinivalue_line(
+      "markers", "no_kernel: the test interprets no Pallas kernel (skips the race-detector "
+      "'ran at least once' check)")

@@ -8,7 +8,10 @@ module docstring of lightning_gpu.py for what changes on hardware. On a GPU back
 tests run the compiled kernel (interpret=None resolves to Mosaic GPU there).
 """
 import jax
+from jax import lax
 from jax._src.pallas.mosaic_gpu.interpret import gpu_callbacks as _gpu_callbacks
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
 import jax.numpy as jnp
 import pytest
 
@@ -20,21 +23,29 @@ from pallas_kernels.lightning_gpu_ops import lightning_attention_gpu
 from tests.assertions import assert_close
 from tests.pallas_kernels.cases import (BLOCK, CASES, bad_input_cases, case_id,
                                         check_against_chunked, make_inputs)
+from tests.pallas_kernels.race_detection import RaceWatch, checked_accesses
 
 _ON_GPU = jax.default_backend() in ("gpu", "cuda")
+# Interpret mode with race detection (used off a GPU, and by the racy-kernel test anywhere).
+RACE_CHECKED = lightning_gpu.default_interpret_params(detect_races=True)
 # None on a GPU: the compiled kernel. Elsewhere: interpret mode with race detection.
-INTERPRET = None if _ON_GPU else lightning_gpu.default_interpret_params(detect_races=True)
+INTERPRET = None if _ON_GPU else RACE_CHECKED
 
 
 @pytest.fixture(autouse=True)
-def no_races():
-  """Fails the test if the GPU interpreter's race detector flagged any kernel it ran."""
-  yield
-  # Module state (None until a kernel has been interpreted in this process), read directly
-  # because get_races() asserts it exists.
-  races = getattr(_gpu_callbacks, "_races", None)
-  if not _ON_GPU and races is not None:
-    assert not races.races_found, "Mosaic GPU interpret mode detected a data race"
+def race_watch(monkeypatch, request):
+  """Off a GPU: fails the test if the interpreter's race detector flags any kernel it ran,
+  if a kernel was interpreted without the detector, or (unless marked no_kernel) if none was
+  checked. On a GPU the kernels are compiled and nothing is interpreted."""
+  watch = RaceWatch(monkeypatch, _gpu_callbacks, "GPURaceDetectionState")
+  if not _ON_GPU:
+    # The operator path (impl="pallas_gpu", interpret=None) interprets with the kernel's
+    # default params, which leave the detector off: turn it on for these tests.
+    assert hasattr(lightning_gpu, "DEFAULT_INTERPRET_PARAMS"), "lightning_gpu renamed it"
+    monkeypatch.setattr(lightning_gpu, "DEFAULT_INTERPRET_PARAMS", RACE_CHECKED)
+  yield watch
+  if not _ON_GPU:
+    watch.check(expect_kernel=request.node.get_closest_marker("no_kernel") is None)
 
 
 def _kernel(q, k, v, slope, state):
@@ -74,6 +85,7 @@ def test_operator_routes_pallas_gpu_to_the_kernel_and_auto_to_chunked_on_cpu(mon
 
 
 @pytest.mark.parametrize("backend", ["gpu", "cuda"])
+@pytest.mark.no_kernel
 def test_auto_picks_the_gpu_kernel_on_gpu_only_for_supported_shapes(monkeypatch, backend):
   monkeypatch.setattr(jax, "default_backend", lambda: backend)
   (q, k, v, slope, state), _ = make_inputs(5, 64, jnp.float32)
@@ -83,6 +95,7 @@ def test_auto_picks_the_gpu_kernel_on_gpu_only_for_supported_shapes(monkeypatch,
   assert la._resolve_impl("auto", (q, k, v, slope[:2], None, None)) == "chunked"
 
 
+@pytest.mark.no_kernel
 def test_auto_on_tpu_still_picks_the_tpu_kernel(monkeypatch):
   monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
   (q, k, v, slope, state), _ = make_inputs(5, 64, jnp.float32)
@@ -93,6 +106,7 @@ _BAD = bad_input_cases()
 
 
 @pytest.mark.parametrize("change, match", [c[:2] for c in _BAD], ids=[c[2] for c in _BAD])
+@pytest.mark.no_kernel
 def test_bad_inputs_raise_value_error_naming_the_argument(change, match):
   (q, k, v, slope, state), _ = make_inputs(3, 64, jnp.float32)
   kwargs = change(dict(q=q, k=k, v=v, slope=slope, state=state))
@@ -101,8 +115,45 @@ def test_bad_inputs_raise_value_error_naming_the_argument(change, match):
                             initial_state=kwargs["state"], interpret=INTERPRET)
 
 
+@pytest.mark.no_kernel
 def test_operator_rejects_unsupported_head_dim_for_explicit_pallas_gpu():
   (q, _, _, slope, _), _ = make_inputs(3, 64, jnp.float32)
   q16 = q[..., :16]
   with pytest.raises(ValueError, match="head_dim"):
     lightning_attention(q16, q16, q16, slope, impl="pallas_gpu")
+
+
+# ------------------------------------------------------------------ the detector itself
+def _two_warpgroups_one_buffer(x_ref, o_ref, smem):
+  # Every warpgroup writes all of `smem` with no barrier in between; warpgroup 0 then
+  # copies it out.
+  smem[...] = x_ref[...] + lax.axis_index("wg").astype(jnp.float32)
+  plgpu.commit_smem()
+
+  @pl.when(lax.axis_index("wg") == 0)
+  def _():
+    plgpu.copy_smem_to_gmem(smem, o_ref)
+    plgpu.wait_smem_to_gmem(0)
+
+
+def _unsynchronised_smem_writes(num_threads: int):
+  """A race with two warpgroups (their SMEM writes are unordered), none with one."""
+  kernel = plgpu.kernel(
+      _two_warpgroups_one_buffer, out_type=jax.ShapeDtypeStruct((128,), jnp.float32),
+      scratch_types=[plgpu.SMEM((128,), jnp.float32)], num_threads=num_threads,
+      thread_name="wg", compiler_params=lightning_gpu.COMPILER_PARAMS,
+      interpret=RACE_CHECKED)
+  return jax.block_until_ready(kernel(jnp.zeros((128,), jnp.float32)))
+
+
+def test_race_detector_flags_two_warpgroups_writing_the_same_smem(race_watch):
+  # Proves the fixture's checks can fail. Only threads (warpgroups) of one block run
+  # concurrently in GPU interpret mode; grid points run one after another, so the race has to
+  # be between warpgroups.
+  _unsynchronised_smem_writes(num_threads=1)
+  (serial,) = race_watch.take()
+  assert checked_accesses(serial) > 0, "the detector checked no access: it is not running"
+  assert not serial.races_found, "the detector flagged a race-free launch"
+  _unsynchronised_smem_writes(num_threads=2)
+  (racy,) = race_watch.take()
+  assert racy.races_found, "two warpgroups wrote one SMEM buffer and the detector saw no race"

@@ -10,6 +10,7 @@ import dataclasses
 
 import jax
 from jax._src.pallas.mosaic.interpret import interpret_pallas_call as _interpret_impl
+from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 import jax.numpy as jnp
 import optax
@@ -24,25 +25,24 @@ from pallas_kernels.lightning_tpu_ops import lightning_attention_tpu
 from tests.assertions import assert_close
 from tests.pallas_kernels.cases import (BLOCK, CASES, bad_input_cases, case_id,
                                         check_against_chunked, make_inputs)
-from tests.test_model import random_ids, random_params, tiny
+from tests.helpers import random_ids, random_params, tiny_config
+from tests.pallas_kernels.race_detection import RaceWatch, checked_accesses
 
 INTERPRET = pltpu.InterpretParams(detect_races=True, uninitialized_memory="nan")
 _inputs = make_inputs
 
 
 @pytest.fixture(autouse=True)
-def no_races(monkeypatch):
-  """Fails the test if the interpreter's race detector flags any kernel it ran."""
-  states = []
-
-  class Recording(_interpret_impl.RaceDetectionState):
-    def __init__(self, *args, **kwargs):
-      super().__init__(*args, **kwargs)
-      states.append(self)
-
-  monkeypatch.setattr(_interpret_impl, "RaceDetectionState", Recording)
-  yield states
-  assert not any(s.races_found for s in states), "TPU interpret mode detected a data race"
+def race_watch(monkeypatch, request):
+  """Fails the test if the interpreter's race detector flags any kernel it ran, if a kernel
+  was interpreted without the detector, or (unless marked no_kernel) if none was checked."""
+  watch = RaceWatch(monkeypatch, _interpret_impl, "RaceDetectionState")
+  # The operator path (impl="pallas_tpu", interpret=None) interprets with the kernel's
+  # default params, which leave the detector off: turn it on for these tests.
+  assert hasattr(lightning_tpu, "DEFAULT_INTERPRET_PARAMS"), "lightning_tpu renamed its default"
+  monkeypatch.setattr(lightning_tpu, "DEFAULT_INTERPRET_PARAMS", INTERPRET)
+  yield watch
+  watch.check(expect_kernel=request.node.get_closest_marker("no_kernel") is None)
 
 
 def _kernel(q, k, v, slope, state, interpret=INTERPRET):
@@ -101,6 +101,7 @@ def test_operator_routes_pallas_tpu_to_the_kernel_and_auto_to_chunked_on_cpu(mon
   assert la._resolve_impl("auto", (q16, q16, q16, slope, None, BLOCK)) == "chunked"
 
 
+@pytest.mark.no_kernel
 def test_auto_picks_the_kernel_on_tpu_only_for_supported_shapes(monkeypatch):
   monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
   (q, k, v, slope, state), _ = _inputs(5, 64, jnp.float32)
@@ -118,6 +119,7 @@ _BAD = bad_input_cases()
 
 
 @pytest.mark.parametrize("change, match", [c[:2] for c in _BAD], ids=[c[2] for c in _BAD])
+@pytest.mark.no_kernel
 def test_bad_inputs_raise_value_error_naming_the_argument(change, match):
   (q, k, v, slope, state), _ = _inputs(3, 64, jnp.float32)
   kwargs = change(dict(q=q, k=k, v=v, slope=slope, state=state))
@@ -125,6 +127,7 @@ def test_bad_inputs_raise_value_error_naming_the_argument(change, match):
     _bad(**kwargs)
 
 
+@pytest.mark.no_kernel
 def test_operator_rejects_unsupported_head_dim_for_explicit_pallas_tpu():
   (q, k, v, slope, _), _ = _inputs(3, 64, jnp.float32)
   q16 = q[..., :16]
@@ -135,8 +138,8 @@ def test_operator_rejects_unsupported_head_dim_for_explicit_pallas_tpu():
 def test_whole_model_loss_and_gradient_match_chunked():
   # head_dim 64 (the kernel's smallest), one lightning and one softmax layer, T = 20 crosses
   # a block boundary with a short tail.
-  base = tiny((0, 1), num_attention_heads=2, num_key_value_heads=1, head_dim=64,
-              block_size=BLOCK, rotary_dim=64)
+  base = tiny_config((0, 1), num_attention_heads=2, num_key_value_heads=1, head_dim=64,
+                     block_size=BLOCK, rotary_dim=64)
   params = random_params(base, 0)
   ids = random_ids(1, 2, 21)
 
@@ -157,3 +160,33 @@ def test_whole_model_loss_and_gradient_match_chunked():
   flat_c = jax.tree_util.tree_leaves(grad_c)
   for (path, g_k), g_c in zip(flat_k, flat_c):
     assert_close(g_k, g_c, tol=1e-4, name=jax.tree_util.keystr(path))
+
+
+# ------------------------------------------------------------------ the detector itself
+def _same_block_kernel(x_ref, o_ref):
+  o_ref[...] = x_ref[...] + pl.program_id(0).astype(jnp.float32)
+
+
+def _write_one_block_from_every_grid_point(num_cores: int):
+  """Both grid points write output block (0, 0): a race when the grid is "parallel" and
+  split over two simulated cores, sequential (no race) on one core."""
+  semantics = "parallel" if num_cores > 1 else "arbitrary"
+  call = pl.pallas_call(
+      _same_block_kernel, out_shape=jax.ShapeDtypeStruct((8, 128), jnp.float32), grid=(2,),
+      in_specs=[pl.BlockSpec((8, 128), lambda i: (0, 0))],
+      out_specs=pl.BlockSpec((8, 128), lambda i: (0, 0)),
+      compiler_params=pltpu.CompilerParams(dimension_semantics=(semantics,)),
+      interpret=dataclasses.replace(INTERPRET, num_cores_or_threads=num_cores))
+  return jax.block_until_ready(call(jnp.zeros((8, 128), jnp.float32)))
+
+
+def test_race_detector_flags_two_cores_writing_the_same_block(race_watch):
+  # Proves the fixture's checks can fail: the same write pattern races on two cores and is
+  # race-free on one.
+  _write_one_block_from_every_grid_point(num_cores=1)
+  (serial,) = race_watch.take()
+  assert checked_accesses(serial) > 0, "the detector checked no access: it is not running"
+  assert not serial.races_found, "the detector flagged a race-free launch"
+  _write_one_block_from_every_grid_point(num_cores=2)
+  (racy,) = race_watch.take()
+  assert racy.races_found, "two cores wrote one output block and the detector saw no race"
