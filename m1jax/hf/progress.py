@@ -14,6 +14,7 @@ class Progress:
     self.label, self.total_tensors, self.total_bytes = label, total_tensors, total_bytes
     self.enabled, self.stream = enabled, stream or sys.stderr
     self.tensors = self.nbytes = self.skipped_bytes = 0
+    self._drawn = -1  # the tensor count last drawn
     self.start = self._last = time.perf_counter()
 
   def advance(self, tensors: int, nbytes: int, skipped: bool = False) -> None:
@@ -29,6 +30,7 @@ class Progress:
   def _draw(self, now: float) -> None:
     if not self.enabled:
       return
+    self._drawn = self.tensors
     elapsed = max(now - self.start, 1e-9)
     rate = (self.nbytes - self.skipped_bytes) / elapsed
     left = self.total_bytes - self.nbytes
@@ -40,6 +42,7 @@ class Progress:
 
   def close(self) -> None:
     if self.enabled:
-      self._draw(time.perf_counter())
+      if self._drawn != self.tensors:
+        self._draw(time.perf_counter())
       self.stream.write("\n")
       self.stream.flush()
