@@ -13,6 +13,7 @@ from m1jax.losses import load_balancing_loss
 from m1jax.layers.moe import RouterStats
 from m1jax.model import MiniMaxM1ForCausalLM, init_params
 from tests.assertions import assert_close
+from tests.helpers import tiny_config
 
 # Row lengths: the longest (11) is not a multiple of block_size, and each row has its own
 # amount of padding, so padded rows cross lightning blocks at other offsets than alone.
@@ -20,11 +21,9 @@ LENGTHS = (11, 6, 9, 1)
 
 
 def _config(attn_types) -> ModelConfig:
-  return ModelConfig(vocab_size=61, hidden_size=32, num_hidden_layers=len(attn_types),
-                     num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-                     intermediate_size=32, num_local_experts=4, num_experts_per_tok=2,
-                     attn_type_list=tuple(attn_types), rotary_dim=4, rope_theta=100.0,
-                     block_size=4, initializer_range=0.1)
+  # Short blocks, so rows cross block boundaries; a small RoPE base, so a position shifted by
+  # the padding changes the logits.
+  return tiny_config(attn_types, block_size=4, rope_theta=100.0)
 
 
 @pytest.mark.parametrize("attn_types", [

@@ -13,15 +13,13 @@ from m1jax.layers.decoder import DecoderLayer, HybridStack
 from m1jax.layers.lightning_attention import LightningAttention
 from m1jax.layers.moe import RouterStats
 from m1jax.layers.softmax_attention import SoftmaxAttention
+from tests.helpers import tiny_config
 
 B, T, S = 2, 5, 16
 
 
 def _config(attn_types) -> ModelConfig:
-  return ModelConfig(vocab_size=61, hidden_size=32, num_hidden_layers=len(attn_types),
-                     num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-                     intermediate_size=32, num_local_experts=4, num_experts_per_tok=2,
-                     attn_type_list=tuple(attn_types), rotary_dim=4, block_size=4)
+  return tiny_config(attn_types, block_size=4)
 
 
 def _shapes(tree):
