@@ -12,7 +12,7 @@ from m1jax.train.data import ByteTokenizer, packed_dataset
 from m1jax.train.loop import _init_state
 from m1jax.train.optimizer import make_optimizer
 from m1jax.train.step import train_step
-from tests.train.helpers import micro_config
+from tests.helpers import micro_train_config as micro_config
 
 
 def _final_state(config, workdir):
