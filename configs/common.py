@@ -132,6 +132,10 @@ def train_config() -> ml_collections.ConfigDict:
   t = ml_collections.ConfigDict()
   # Seed of params init and of the synthetic data streams.
   t.seed = 0
+  # Params to start a fresh run from instead of a random init (the optimizer starts fresh):
+  # an experiments.convert_hf output, another trainer workdir, or an HF checkpoint directory.
+  # Ignored once the workdir has a checkpoint of its own (the run resumes from that).
+  t.init_from = ""
   # Optimizer steps; each consumes one batch of batch_size packed rows of seq_len tokens.
   t.num_steps = 1000
   # Packed rows per optimizer step.

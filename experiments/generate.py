@@ -3,11 +3,13 @@
   python -m experiments.generate --hf_dir=/path/to/MiniMax-M1 --prompt="Hello" --max_new_tokens=64
   python -m experiments.generate --hf_dir=DIR --prompts_file=prompts.txt --temperature=1 --top_p=0.95
   python -m experiments.generate --checkpoint_dir=runs/tiny --prompt="12+34="  # trained m1jax
+  python -m experiments.generate --checkpoint_dir=/path/to/converted --prompt="Hello"  # convert_hf
   python -m experiments.generate --config=configs/tiny.py --prompt="abc"   # random weights, bytes
 
 --hf_dir loads weights with m1jax.from_pretrained and the tokenizer from DIR/tokenizer.json
 (the `tokenizers` package). --checkpoint_dir loads the latest (or --step) Orbax checkpoint of
-an `experiments.train` workdir with the tokenizer its config names. --config builds a randomly initialised model with a byte tokenizer
+an `experiments.train` workdir with the tokenizer its config names, or a converted checkpoint
+(`experiments.convert_hf`) with the tokenizer.json copied from its source. --config builds a randomly initialised model with a byte tokenizer
 (token = UTF-8 byte), for smoke runs. One prompt streams its tokens as they come; several
 prompts are decoded as one left-padded batch and printed at the end.
 """
@@ -19,8 +21,9 @@ from ml_collections import config_flags
 
 _HF_DIR = flags.DEFINE_string("hf_dir", None, "HF checkpoint directory (config.json, "
                               "safetensors, tokenizer.json).")
-_CHECKPOINT_DIR = flags.DEFINE_string("checkpoint_dir", None, "An experiments.train workdir: "
-                                      "loads its checkpoint and its tokenizer.")
+_CHECKPOINT_DIR = flags.DEFINE_string("checkpoint_dir", None, "An experiments.train workdir "
+                                      "(its checkpoint and tokenizer) or an "
+                                      "experiments.convert_hf output.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step for --checkpoint_dir "
                              "(default: the latest).")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config: random "
@@ -81,6 +84,9 @@ def _load():
     return model, params, HFTokenizer(tok_path, os.path.join(_HF_DIR.value, "config.json"))
   from m1jax.train.data import ByteTokenizer, make_tokenizer
   if _CHECKPOINT_DIR.value:
+    from m1jax.hf.converted import is_converted_checkpoint
+    if is_converted_checkpoint(_CHECKPOINT_DIR.value):
+      return _load_converted(_CHECKPOINT_DIR.value, overrides)
     from m1jax.train.checkpointing import restore_trained_params
     config, model, params = restore_trained_params(_CHECKPOINT_DIR.value, _STEP.value)
     if overrides:
@@ -93,6 +99,23 @@ def _load():
   model = m1jax.MiniMaxM1ForCausalLM(cfg)
   return (model, m1jax.init_params(model, jax.random.key(_SEED.value)),
           TrainTokenizer(ByteTokenizer()))
+
+
+def _load_converted(path, overrides):
+  """A converted HF checkpoint (experiments.convert_hf): its params and the tokenizer.json
+  copied from its source."""
+  import m1jax
+  from m1jax.hf.converted import load_converted, read_manifest
+  if _STEP.value is not None:
+    raise app.UsageError(f"--step: {path} is a converted checkpoint, which has no steps")
+  tok_path = os.path.join(path, "tokenizer.json")
+  if not os.path.exists(tok_path):
+    raise app.UsageError(f"--checkpoint_dir: the converted checkpoint {path} has no "
+                         "tokenizer.json (its HF source had none); copy one in")
+  config = m1jax.ModelConfig.from_dict(read_manifest(path)["model"]).replace(**overrides)
+  config, params = load_converted(path, config)
+  return (m1jax.MiniMaxM1ForCausalLM(config), params,
+          HFTokenizer(tok_path, os.path.join(path, "config.json")))
 
 
 def main(argv):

@@ -12,6 +12,10 @@ import orbax.checkpoint as ocp
 
 # Sections whose change makes a checkpoint unusable (param shapes, token ids).
 _COMPATIBILITY_KEYS = ("model", "data.tokenizer")
+# Storage chunks of at most this many bytes, and scanned [L/p, ...] leaves (params and their
+# Adam moments) cut along the layer axis first, so one layer's slice can be read alone (the
+# streaming HF export, m1jax/hf/trainer_source.py) without decoding its whole stack.
+_CHUNK_BYTES = 64 << 20
 
 
 def _lookup(tree: dict, dotted: str):
@@ -47,7 +51,8 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, data_state: dict, config: dict) -> None:
     self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
+        state=ocp.args.StandardSave(state, save_args=_save_args(state)),
+        data=ocp.args.JsonSave(data_state),
         config=ocp.args.JsonSave(config)), force=True)
 
   def check_compatible(self, step: int, config: dict) -> None:
@@ -78,6 +83,13 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _save_args(state: Any) -> Any:
+  def args(path, leaf):
+    scanned = any(getattr(k, "key", None) == "groups" for k in path) and jax.numpy.ndim(leaf)
+    return ocp.SaveArgs(chunk_byte_size=_CHUNK_BYTES, shard_axes=(0,) if scanned else ())
+  return jax.tree_util.tree_map_with_path(args, state)
 
 
 def restore_trained_params(workdir: str, step: Optional[int] = None):

@@ -20,6 +20,7 @@ from m1jax.model import MiniMaxM1ForCausalLM, init_params
 from m1jax.train.checkpointing import Checkpointer
 from m1jax.train.data import make_tokenizer, packed_dataset
 from m1jax.train.evaluate import evaluate
+from m1jax.train.init_from import load_init_params
 from m1jax.train.metrics import MetricsWriter, flops_per_token
 from m1jax.train.optimizer import make_optimizer
 from m1jax.train.plot import plot_curves
@@ -64,7 +65,8 @@ def _init_state(model, tx, seed: int) -> TrainState:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one.
+  """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one;
+  otherwise from `train.init_from`'s params if set (m1jax/train/init_from.py), else random.
 
   Returns a summary dict: final step, the first and last eval results, whether it stopped on
   SIGTERM, and the paths it wrote. Raises FloatingPointError on a non-finite loss (the last
@@ -83,8 +85,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   dataset = packed_dataset(config.data, tokenizer, seq_len=t.seq_len,
                            batch_size=t.batch_size, seed=t.seed, split=0)
   data_iter = iter(dataset)
-  state = _init_state(model, tx, t.seed)
   start = ckpt.latest_step()
+  # A workdir's own checkpoint wins over init_from: rerunning a run that started from
+  # converted weights resumes it rather than starting over.
+  init_from = t.get("init_from", "") if start is None else ""
+  if init_from:
+    params = load_init_params(init_from, model_config)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                       opt_state=tx.init(params))
+    print(f"Initialised params from {init_from} (fresh optimizer state)", flush=True)
+  else:
+    state = _init_state(model, tx, t.seed)
   if start is not None:
     ckpt.check_compatible(start, config_dict)
     state, data_state = ckpt.restore(start, state)
