@@ -20,15 +20,22 @@ from m1jax.sharding import MESH_AXES, mesh_partition_specs
 
 def parse_mesh(spec: str, devices=None) -> jax.sharding.Mesh:
   """"fsdp=4,expert=2" -> Mesh of shape (data, fsdp, expert, tensor, sequence), unnamed
-  axes of size 1, over the first prod(sizes) devices."""
+  axes of size 1, over the first prod(sizes) devices; one size may be -1 (the rest)."""
   sizes = dict.fromkeys(MESH_AXES, 1)
+  devices = jax.devices() if devices is None else devices
+  rest = None
   for part in filter(None, (p.strip() for p in spec.split(","))):
     name, _, value = part.partition("=")
-    if name not in sizes or not value.isdigit() or int(value) < 1:
+    if name not in sizes or not (value.isdigit() and int(value) >= 1 or
+                                 value == "-1" and rest is None):
       raise ValueError(f"mesh {spec!r}: bad entry {part!r}; expected <axis>=<size> with axis "
-                       f"in {MESH_AXES}")
-    sizes[name] = int(value)
-  devices = jax.devices() if devices is None else devices
+                       f"in {MESH_AXES} (one size may be -1: the remaining devices)")
+    if value == "-1":
+      rest = name
+    else:
+      sizes[name] = int(value)
+  if rest is not None:
+    sizes[rest] = max(1, len(devices) // int(np.prod(list(sizes.values()))))
   count = int(np.prod(list(sizes.values())))
   if count > len(devices):
     raise ValueError(f"mesh {spec!r} needs {count} devices; {len(devices)} are visible")

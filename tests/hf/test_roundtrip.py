@@ -39,7 +39,8 @@ def _assert_identical(a, b):
 
 def test_transformers_round_trip(tmp_path):
   """transformers -> m1jax -> save_pretrained("minimax") -> transformers: the same tensors,
-  and transformers' logits on the export equal m1jax's."""
+  and transformers' logits on the export equal m1jax's; also via a minimax_m1 (remote
+  dialect) checkpoint, which transformers itself cannot read."""
   torch = require("torch")
   transformers = require("transformers")
   source = hf_model((LINEAR, LINEAR, LINEAR, FULL) * 2)  # scanned: period 4, two groups
@@ -60,12 +61,18 @@ def test_transformers_round_trip(tmp_path):
     np.testing.assert_array_equal(ours[key], theirs[key], err_msg=key)
   assert index["metadata"]["total_size"] == sum(v.nbytes for v in ours.values())
 
-  reloaded = transformers.MiniMaxForCausalLM.from_pretrained(tmp_path / "export").eval()
   ids = np.asarray(random_ids(0, 2, 21))
-  with torch.no_grad():
-    ref = reloaded(torch.tensor(ids)).logits.float().numpy()
   logits = np.asarray(jax.jit(model.apply)({"params": params}, jnp.asarray(ids)).logits)
-  assert np.max(np.abs(logits - ref)) <= 1e-4 * np.max(np.abs(ref))
+  # The same weights through the remote dialect first: minimax_m1 -> m1jax -> minimax.
+  m1jax.save_pretrained(model.config, params, tmp_path / "remote", dialect="minimax_m1")
+  remote_model, remote_params = m1jax.from_pretrained(tmp_path / "remote")
+  m1jax.save_pretrained(remote_model.config, remote_params, tmp_path / "via-remote",
+                        dialect="minimax")
+  for export in ("export", "via-remote"):
+    reloaded = transformers.MiniMaxForCausalLM.from_pretrained(tmp_path / export).eval()
+    with torch.no_grad():
+      ref = reloaded(torch.tensor(ids)).logits.float().numpy()
+    assert np.max(np.abs(logits - ref)) <= 1e-4 * np.max(np.abs(ref)), export
 
 
 @pytest.mark.parametrize("dialect", ["minimax_m1", "minimax"])
