@@ -233,6 +233,119 @@ def data_config() -> ml_collections.ConfigDict:
   return d
 
 
+def rl_config() -> ml_collections.ConfigDict:
+  """The RL section (m1jax/rl/): CISPO by default, DAPO and GRPO as presets. Keys that are
+  None are filled from the `algorithm` preset (m1jax/rl/config.py PRESETS) unless set."""
+  from ml_collections import config_dict
+  r = ml_collections.ConfigDict()
+  # Preset that fills the None keys below: "cispo" (M1), "dapo" or "grpo".
+  r.algorithm = "cispo"
+  # Per-token policy loss (m1jax/rl/losses.py registry): ppo_clip, cispo, reinforce, gspo.
+  r.policy_loss = config_dict.placeholder(str)
+  # "token-mean" (DAPO, CISPO), "seq-mean-token-mean" (GRPO) or "group-token-mean" (the
+  # M1 report's Eq. 4 read literally: one 1/sum|o_i| per prompt's group).
+  r.loss_agg_mode = config_dict.placeholder(str)
+  # PPO clip range [1 - epsilon_low, 1 + epsilon_high] of ppo_clip / gspo, and of CISPO's
+  # optional unified mask (GRPO 0.2/0.2, DAPO 0.2/0.28).
+  r.epsilon_low = config_dict.placeholder(float)
+  # See epsilon_low.
+  r.epsilon_high = config_dict.placeholder(float)
+  # CISPO's importance-weight cap 1 + is_epsilon_high (> 0; the M1 report's value is not
+  # published). 0.28 matches DAPO's epsilon_high; 4.0 is the ScaleRL-style wide cap.
+  r.is_epsilon_high = config_dict.placeholder(float)
+  # CISPO's lower bound 1 - is_epsilon_low on the weight; None = none (the M1 setting).
+  r.is_epsilon_low = config_dict.placeholder(float)
+  # CISPO times the M1 report's Eq. 6-7 mask (PPO's trust region); off in the report's runs.
+  r.unified_mask = False
+  # Dual clip of ppo_clip for A < 0 (loss capped at -c*A); 0 = off (DAPO preset 10).
+  r.dual_clip_c = config_dict.placeholder(float)
+  # DAPO's dynamic sampling: drop whole groups whose rewards are all equal (no refill).
+  r.dynamic_sampling = config_dict.placeholder(bool)
+  # k3 KL to the initial (SFT) policy, as GRPO's beta; 0 = off (all presets).
+  r.kl_coef = 0.0
+  # Completions sampled per prompt (G >= 2: the group is the baseline).
+  r.num_generations = 8
+  # Prompts per generation batch (rollout step): prompts_per_step * num_generations rows.
+  r.prompts_per_step = 8
+  # Minibatch updates per generation batch, each on 1/num_minibatches of the rows; with
+  # num_epochs this is mu, the off-policy-ness CISPO is about (M1: 16).
+  r.num_minibatches = 4
+  # Passes over the generation batch (mu = num_minibatches * num_epochs).
+  r.num_epochs = 1
+  # Microbatches per minibatch update (memory only; the gradient is the same).
+  r.micro_batches = 1
+  # Tokens sampled per completion at most (L_max of the overlong penalty).
+  r.max_new_tokens = 24
+  # Trainer row length: prompt + completion, right-padded (fixed: one compile).
+  r.seq_len = 32
+  # Sampling temperature; the trainer divides its logits by the same value.
+  r.temperature = 1.0
+  # Nucleus / top-k truncation. Anything but 1.0 / 0 samples from a distribution other than
+  # the one whose log-probs the loss uses, biasing the ratio; refused unless allowed below.
+  r.top_p = 1.0
+  # See top_p (0 = off).
+  r.top_k = 0
+  # Accept top_p < 1 or top_k > 0 anyway.
+  r.allow_truncated_sampling = False
+  # M1's early truncation (§3.2): stop a row after this many consecutive tokens each with
+  # probability > early_stop_prob (M1: 3000); None = off.
+  r.early_stop_tokens = config_dict.FieldReference(3000, field_type=int)
+  # See early_stop_tokens.
+  r.early_stop_prob = 0.99
+  # What an early-stopped row gets: "grade" (graded as is, M1), "mask" (no gradient) or
+  # "zero_adv" (in the group statistics, advantage 0).
+  r.truncated_policy = "grade"
+  # DAPO's soft overlong penalty buffer L_cache in tokens; 0 = off (lengths are fixed by
+  # the problem in the arithmetic task).
+  r.overlong_buffer = 0
+  # Penalty at max_new_tokens.
+  r.overlong_penalty = 1.0
+  # Divide advantages by the group's std (False: Dr. GRPO's R - mean).
+  r.std_normalize = True
+  # std's ddof (1 = Bessel, as TRL, verl and Tunix).
+  r.std_ddof = 1
+  # Added to the std.
+  r.adv_eps = 1e-6
+  # pi_old: "sampler" (the sampler's log-probs) or "trainer" (recomputed once per
+  # generation batch before the updates). Either way frozen for the whole batch.
+  r.old_logprobs = "sampler"
+  # Steps between train/infer mismatch checks (trainer recompute vs sampler; 0 = never).
+  r.mismatch_check_every = 10
+  # SFT trainer workdir the policy starts from (latest checkpoint); fresh optimizer.
+  r.init_checkpoint = "runs/tiny"
+  # Rollout steps (generation batches).
+  r.num_steps = 30
+  # AdamW (b1, b2, eps from the optimizer section: the M1 settings), constant after warmup.
+  r.learning_rate = 1e-4
+  # Warmup steps (optimizer updates) from 0.
+  r.warmup_steps = 3
+  # Decoupled weight decay.
+  r.weight_decay = 0.0
+  # Global-norm gradient clipping; 0 = off.
+  r.grad_clip_norm = 1.0
+  # Seed of prompts, sampler keys and minibatch permutations.
+  r.seed = 0
+  # Prompt indices start here, away from the SFT stream's indices.
+  r.prompt_offset = 1_000_000
+  # Steps between held-out evals (and at the start and end).
+  r.eval_every = 10
+  # Held-out prompts (split 1) for eval.
+  r.eval_examples = 64
+  # Samples per held-out prompt for the sampled avg@k accuracy at the RL temperature.
+  r.eval_samples = 4
+  # Steps between console lines.
+  r.log_every = 1
+  # Steps between checkpoints (and at the end and on SIGTERM).
+  r.checkpoint_every = 10
+  # Checkpoints kept.
+  r.keep_checkpoints = 2
+  # TensorBoard events under <workdir>/tensorboard.
+  r.tensorboard = True
+  # <workdir>/rl_curves.png at the end.
+  r.plot = True
+  return r
+
+
 def get_config() -> ml_collections.ConfigDict:
   """The released model with the default train/optimizer/data sections."""
   config = ml_collections.ConfigDict()
