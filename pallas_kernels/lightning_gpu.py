@@ -1,9 +1,9 @@
 """Chunked lightning attention for GPUs (Pallas / Mosaic GPU): forward and backward kernels.
 
 The math is the TPU kernel's (pallas_kernels/lightning_tpu.py, whose docstring derives it):
-the same chunk decays, tail masking, recompute-not-store backward and slope-gradient
-identity, and the same helpers (`_chunk_decays`, `_weighted_rowdot`) are imported from there
-so the two kernels cannot drift apart. Only the memory movement differs:
+the same chunk decays, document masks, tail masking, recompute-not-store backward and
+slope-gradient identity, all from pallas_kernels/lightning_chunk.py so the kernels cannot
+drift apart. Only the memory movement differs:
 
   One Mosaic GPU program per (b, h) (`plgpu.kernel`, grid (B, H)). Inputs stay in GMEM in
   their [B,T,H,D] layout (T padded to a multiple of C by the wrapper); each chunk's
@@ -46,14 +46,14 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from pallas_kernels import lightning_tpu
-from pallas_kernels.lightning_tpu import _Geometry, _chunk_decays, _weighted_rowdot
+from pallas_kernels.lightning_chunk import (GPU_PLATFORMS, SUPPORTED_DTYPES,
+                                            SUPPORTED_HEAD_DIMS, Geometry, chunk_decays,
+                                            pad_doc_starts, round_up, slope_grad,
+                                            target_platform, weighted_rowdot)
 
 Array = jax.Array
 _F32 = jnp.float32
 
-SUPPORTED_HEAD_DIMS = lightning_tpu.SUPPORTED_HEAD_DIMS
-SUPPORTED_DTYPES = lightning_tpu.SUPPORTED_DTYPES
 # Per-(b,h) float32 slope-gradient terms are written as one 128-wide row (a 512-byte TMA).
 _ACC_WIDTH = 128
 
@@ -79,13 +79,21 @@ DEFAULT_INTERPRET_PARAMS = InterpretGPUParams(uninitialized_memory="nan")
 
 
 @dataclasses.dataclass(frozen=True)
-class BlockSizes(lightning_tpu.BlockSizes):
-  """Tiling of the GPU kernels; `chunk_for` (rounding to 16, capping at T) is shared.
+class BlockSizes:
+  """Tiling of the Mosaic GPU kernels.
 
-  block_t: chunk length C. 64 is one warpgroup's wgmma M and keeps the dkdv kernel's SMEM
-    (see the module docstring) within Hopper's 227 KiB at D = 128. Not measured on hardware.
+  block_t: chunk length C, rounded up to a multiple of 16 and capped at T rounded up to 16.
+    64 is one warpgroup's wgmma M and keeps the dkdv kernel's SMEM (see the module
+    docstring) within Hopper's 227 KiB at D = 128. Not measured on hardware.
   """
   block_t: int = 64
+
+  def with_chunk(self, chunk: int) -> "BlockSizes":
+    return dataclasses.replace(self, block_t=chunk)
+
+  def chunk_for(self, seq_len: int) -> int:
+    chunk = round_up(max(int(self.block_t), 1), 16)
+    return min(chunk, round_up(max(seq_len, 1), 16))
 
 
 def _mm(a: Array, b: Array, *, trans_a: bool = False, trans_b: bool = False) -> Array:
@@ -124,15 +132,19 @@ def _masked(x, valid):
   return jnp.where(valid, x, jnp.zeros_like(x))
 
 
-def _seq_block(ref, b, h, n, geo: _Geometry):
+def _seq_block(ref, b, h, n, geo: Geometry):
   return ref.at[b, pl.ds(n * geo.chunk, geo.chunk), h]
 
 
-def _chunk_smem(geo: _Geometry, dtype):
+def _chunk_smem(geo: Geometry, dtype):
   return plgpu.SMEM((geo.chunk, geo.head_dim), dtype)
 
 
-def _state_smem(geo: _Geometry):
+def _doc_smem(geo: Geometry):
+  return plgpu.SMEM((geo.chunk,), jnp.int32)
+
+
+def _state_smem(geo: Geometry):
   return plgpu.SMEM((geo.head_dim, geo.head_dim), _F32)
 
 
@@ -148,8 +160,15 @@ def _slope(slope_gmem, slope_smem, barrier, h):
 # --------------------------------------------------------------------------------------
 
 
-def _forward_kernel(slope_ref, q_ref, k_ref, v_ref, s0_ref, o_ref, sfin_ref,
-                    slope_s, q_s, k_s, v_s, o_s, state_s, bars, *, geo: _Geometry):
+def _docs(doc_ref, doc_s, barrier, b, n, geo: Geometry):
+  """The chunk's [C,1] int32 document starts, or None when the call has no segment ids."""
+  if doc_ref is None:
+    return None
+  return _load(doc_ref.at[b, pl.ds(n * geo.chunk, geo.chunk)], doc_s, barrier)[:, None]
+
+
+def _forward_kernel(slope_ref, doc_ref, q_ref, k_ref, v_ref, s0_ref, o_ref, sfin_ref,
+                    slope_s, doc_s, q_s, k_s, v_s, o_s, state_s, bars, *, geo: Geometry):
   b, h = lax.axis_index("b"), lax.axis_index("h")
   s = _slope(slope_ref, slope_s, bars.at[0], h)
   dtype = q_s.dtype
@@ -157,7 +176,8 @@ def _forward_kernel(slope_ref, q_ref, k_ref, v_ref, s0_ref, o_ref, sfin_ref,
 
   @pl.loop(0, geo.num_chunks)
   def _(n):
-    dec = _chunk_decays(s, n, seq_len=geo.seq_len, chunk=geo.chunk)
+    dec = chunk_decays(s, n, seq_len=geo.seq_len, chunk=geo.chunk,
+                       doc_start=_docs(doc_ref, doc_s, bars.at[4], b, n, geo))
     q = _masked(_load(_seq_block(q_ref, b, h, n, geo), q_s, bars.at[1]), dec.valid)
     k = _masked(_load(_seq_block(k_ref, b, h, n, geo), k_s, bars.at[2]), dec.valid)
     v = _masked(_load(_seq_block(v_ref, b, h, n, geo), v_s, bars.at[3]), dec.valid)
@@ -177,15 +197,17 @@ def _forward_kernel(slope_ref, q_ref, k_ref, v_ref, s0_ref, o_ref, sfin_ref,
   plgpu.wait_smem_to_gmem(0)
 
 
-def _dq_kernel(slope_ref, q_ref, k_ref, v_ref, do_ref, s0_ref, dq_ref, qterm_ref,
-               slope_s, q_s, k_s, v_s, do_s, dq_s, state_s, acc_s, bars, *, geo: _Geometry):
+def _dq_kernel(slope_ref, doc_ref, q_ref, k_ref, v_ref, do_ref, s0_ref, dq_ref, qterm_ref,
+               slope_s, doc_s, q_s, k_s, v_s, do_s, dq_s, state_s, acc_s, bars, *,
+               geo: Geometry):
   b, h = lax.axis_index("b"), lax.axis_index("h")
   s = _slope(slope_ref, slope_s, bars.at[0], h)
   dtype = q_s.dtype
   _load(s0_ref.at[b, h], state_s, bars.at[1])
 
   def body(n, qterm):
-    dec = _chunk_decays(s, n, seq_len=geo.seq_len, chunk=geo.chunk)
+    dec = chunk_decays(s, n, seq_len=geo.seq_len, chunk=geo.chunk,
+                       doc_start=_docs(doc_ref, doc_s, bars.at[5], b, n, geo))
     q = _masked(_load(_seq_block(q_ref, b, h, n, geo), q_s, bars.at[1]), dec.valid)
     k = _masked(_load(_seq_block(k_ref, b, h, n, geo), k_s, bars.at[2]), dec.valid)
     v = _masked(_load(_seq_block(v_ref, b, h, n, geo), v_s, bars.at[3]), dec.valid)
@@ -196,7 +218,7 @@ def _dq_kernel(slope_ref, q_ref, k_ref, v_ref, do_ref, s0_ref, dq_ref, qterm_ref
     dq = _mm(_rounded(d_scores, dtype), k)
     dq = dq + _mm(do, _rounded(state, dtype), trans_b=True) * dec.q_decay
     _store(dq_s, _seq_block(dq_ref, b, h, n, geo), dq)
-    qterm = qterm + _weighted_rowdot(q.astype(_F32), dq, dec.pos1)[0, 0]
+    qterm = qterm + weighted_rowdot(q.astype(_F32), dq, dec.pos1)[0, 0]
 
     # The forward's state recurrence, recomputed (lightning_tpu.py: recompute, not store).
     k_scaled = _rounded(k.astype(_F32) * dec.k_decay, dtype)
@@ -207,9 +229,9 @@ def _dq_kernel(slope_ref, q_ref, k_ref, v_ref, do_ref, s0_ref, dq_ref, qterm_ref
   _store(acc_s, qterm_ref.at[b, h], jnp.full(acc_s.shape, qterm, _F32))
 
 
-def _dkdv_kernel(slope_ref, q_ref, k_ref, v_ref, do_ref, dsfin_ref, dk_ref, dv_ref, ds0_ref,
-                 kterm_ref, slope_s, q_s, k_s, v_s, do_s, dk_s, dv_s, dstate_s, acc_s, bars, *,
-                 geo: _Geometry):
+def _dkdv_kernel(slope_ref, doc_ref, q_ref, k_ref, v_ref, do_ref, dsfin_ref, dk_ref, dv_ref,
+                 ds0_ref, kterm_ref, slope_s, doc_s, q_s, k_s, v_s, do_s, dk_s, dv_s, dstate_s,
+                 acc_s, bars, *, geo: Geometry):
   b, h = lax.axis_index("b"), lax.axis_index("h")
   s = _slope(slope_ref, slope_s, bars.at[0], h)
   dtype = q_s.dtype
@@ -217,7 +239,8 @@ def _dkdv_kernel(slope_ref, q_ref, k_ref, v_ref, do_ref, dsfin_ref, dk_ref, dv_r
 
   def body(step, kterm):
     n = geo.num_chunks - 1 - step  # chunks last to first, carrying dS
-    dec = _chunk_decays(s, n, seq_len=geo.seq_len, chunk=geo.chunk)
+    dec = chunk_decays(s, n, seq_len=geo.seq_len, chunk=geo.chunk,
+                       doc_start=_docs(doc_ref, doc_s, bars.at[5], b, n, geo))
     q = _masked(_load(_seq_block(q_ref, b, h, n, geo), q_s, bars.at[1]), dec.valid)
     k = _masked(_load(_seq_block(k_ref, b, h, n, geo), k_s, bars.at[2]), dec.valid)
     v = _masked(_load(_seq_block(v_ref, b, h, n, geo), v_s, bars.at[3]), dec.valid)
@@ -235,7 +258,7 @@ def _dkdv_kernel(slope_ref, q_ref, k_ref, v_ref, do_ref, dsfin_ref, dk_ref, dv_r
     dv = dv + _mm(_rounded(k_scaled, dtype), dstate_c)
     _store(dk_s, _seq_block(dk_ref, b, h, n, geo), dk)
     _store(dv_s, _seq_block(dv_ref, b, h, n, geo), dv)
-    kterm = kterm + _weighted_rowdot(k.astype(_F32), dk, dec.pos1)[0, 0]
+    kterm = kterm + weighted_rowdot(k.astype(_F32), dk, dec.pos1)[0, 0]
 
     q_scaled = _rounded(q.astype(_F32) * dec.q_decay, dtype)
     dstate_s[...] = dec.span * dstate + _mm(q_scaled, do, trans_a=True)
@@ -256,19 +279,31 @@ def _dkdv_kernel(slope_ref, q_ref, k_ref, v_ref, do_ref, dsfin_ref, dk_ref, dv_r
 def _resolve_interpret(interpret: Interpret):
   """None -> Mosaic GPU (False) when the trace targets a GPU, else interpret mode."""
   if interpret is None:
-    platform = lightning_tpu._target_platform()  # pylint: disable=protected-access
-    return False if platform in ("gpu", "cuda", "rocm") else DEFAULT_INTERPRET_PARAMS
+    return False if target_platform() in GPU_PLATFORMS else DEFAULT_INTERPRET_PARAMS
   return interpret
 
 
 COMPILER_PARAMS = plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Warpgroup)
 
 
-def _launch(body, geo: _Geometry, out_types, scratch, interpret: Interpret):
+def _launch(body, geo: Geometry, out_types, scratch, interpret: Interpret, *,
+            num_inputs: int, segmented: bool):
+  """A plgpu.kernel over (B, H). `num_inputs` counts the kernel's inputs with the document
+  starts; without segment ids the body's `doc_ref` and `doc_s` are bound to None."""
   interp = _resolve_interpret(interpret)
   kwargs = {} if interp is False else {"interpret": interp}
+  kernel = functools.partial(body, geo=geo)
+  if not segmented:
+    scratch = [x for i, x in enumerate(scratch) if i != 1]
+
+    def kernel(*refs, **kw):  # pylint: disable=function-redefined
+      refs = list(refs)
+      refs.insert(1, None)                             # doc_ref
+      refs.insert(num_inputs + len(out_types) + 1, None)  # doc_s, after slope_s
+      return body(*refs, geo=geo, **kw)
+
   return plgpu.kernel(
-      functools.partial(body, geo=geo),
+      kernel,
       out_type=out_types,
       scratch_types=scratch,
       grid=(geo.batch, geo.heads),
@@ -281,26 +316,32 @@ def _launch(body, geo: _Geometry, out_types, scratch, interpret: Interpret):
   )
 
 
-def _pad(x_BTHD: Array, geo: _Geometry) -> Array:
+def _doc_args(doc_start_BT, geo: Geometry) -> list:
+  if doc_start_BT is None:
+    return []
+  return [pad_doc_starts(doc_start_BT.astype(jnp.int32), geo.padded_len)]
+
+
+def _pad(x_BTHD: Array, geo: Geometry) -> Array:
   if geo.padded_len == geo.seq_len:
     return x_BTHD
   return jnp.pad(x_BTHD, ((0, 0), (0, geo.padded_len - geo.seq_len), (0, 0), (0, 0)))
 
 
-def _geometry(q_BTHD: Array, block_sizes: BlockSizes) -> _Geometry:
+def _geometry(q_BTHD: Array, block_sizes: BlockSizes) -> Geometry:
   b, t, h, d = q_BTHD.shape
-  return _Geometry(b, t, h, d, block_sizes.chunk_for(t))
+  return Geometry(b, t, h, d, block_sizes.chunk_for(t))
 
 
-def _seq_type(geo: _Geometry, dtype):
+def _seq_type(geo: Geometry, dtype):
   return jax.ShapeDtypeStruct((geo.batch, geo.padded_len, geo.heads, geo.head_dim), dtype)
 
 
-def _state_type(geo: _Geometry):
+def _state_type(geo: Geometry):
   return jax.ShapeDtypeStruct((geo.batch, geo.heads, geo.head_dim, geo.head_dim), _F32)
 
 
-def _acc_type(geo: _Geometry):
+def _acc_type(geo: Geometry):
   return jax.ShapeDtypeStruct((geo.batch, geo.heads, _ACC_WIDTH), _F32)
 
 
@@ -309,51 +350,52 @@ def _acc_type(geo: _Geometry):
 # --------------------------------------------------------------------------------------
 
 
-def forward(q_BTHD: Array, k_BTHD: Array, v_BTHD: Array, slope_H: Array, state_BHDD: Array, *,
-            block_sizes: BlockSizes = BlockSizes(), interpret: Interpret = None
-            ) -> tuple[Array, Array]:
+def forward(q_BTHD: Array, k_BTHD: Array, v_BTHD: Array, slope_H: Array, state_BHDD: Array,
+            doc_start_BT: Optional[Array] = None, *, block_sizes: BlockSizes = BlockSizes(),
+            interpret: Interpret = None) -> tuple[Array, Array]:
   """Lightning attention forward; the contract of `lightning_tpu.forward`."""
   geo = _geometry(q_BTHD, block_sizes)
   dtype = q_BTHD.dtype
-  scratch = [plgpu.SMEM((geo.heads,), _F32), *[_chunk_smem(geo, dtype)] * 4, _state_smem(geo),
-             plgpu.Barrier(num_barriers=4)]
+  docs = _doc_args(doc_start_BT, geo)
+  scratch = [plgpu.SMEM((geo.heads,), _F32), _doc_smem(geo), *[_chunk_smem(geo, dtype)] * 4,
+             _state_smem(geo), plgpu.Barrier(num_barriers=5)]
   call = _launch(_forward_kernel, geo, (_seq_type(geo, dtype), _state_type(geo)), scratch,
-                 interpret)
+                 interpret, num_inputs=6, segmented=bool(docs))
   q, k, v = (_pad(x, geo) for x in (q_BTHD, k_BTHD, v_BTHD))
-  out, final_state = call(slope_H, q, k, v, state_BHDD)
+  out, final_state = call(slope_H, *docs, q, k, v, state_BHDD)
   return out[:, :geo.seq_len], final_state
 
 
 def backward(q_BTHD: Array, k_BTHD: Array, v_BTHD: Array, slope_H: Array, state_BHDD: Array,
-             final_state_BHDD: Array, d_out_BTHD: Array, d_final_state_BHDD: Array, *,
-             block_sizes: BlockSizes = BlockSizes(), interpret: Interpret = None
-             ) -> tuple[Array, Array, Array, Array, Array]:
+             final_state_BHDD: Array, d_out_BTHD: Array, d_final_state_BHDD: Array,
+             doc_start_BT: Optional[Array] = None, *, block_sizes: BlockSizes = BlockSizes(),
+             interpret: Interpret = None) -> tuple[Array, Array, Array, Array, Array]:
   """Gradients of <out, d_out> + <final_state, d_final_state>; the contract of
   `lightning_tpu.backward` (dq, dk, dv in q's dtype, dslope [H] and d_state float32)."""
   geo = _geometry(q_BTHD, block_sizes)
   dtype = q_BTHD.dtype
+  docs = _doc_args(doc_start_BT, geo)
   q, k, v, do = (_pad(x, geo) for x in (q_BTHD, k_BTHD, v_BTHD, d_out_BTHD))
   slope_smem = plgpu.SMEM((geo.heads,), _F32)
   acc_smem = plgpu.SMEM((_ACC_WIDTH,), _F32)
 
   dq_call = _launch(
       _dq_kernel, geo, (_seq_type(geo, dtype), _acc_type(geo)),
-      [slope_smem, *[_chunk_smem(geo, dtype)] * 5, _state_smem(geo), acc_smem,
-       plgpu.Barrier(num_barriers=5)],
-      interpret)
-  dq, q_term = dq_call(slope_H, q, k, v, do, state_BHDD)
+      [slope_smem, _doc_smem(geo), *[_chunk_smem(geo, dtype)] * 5, _state_smem(geo), acc_smem,
+       plgpu.Barrier(num_barriers=6)],
+      interpret, num_inputs=7, segmented=bool(docs))
+  dq, q_term = dq_call(slope_H, *docs, q, k, v, do, state_BHDD)
 
   dkdv_call = _launch(
       _dkdv_kernel, geo,
       (_seq_type(geo, dtype), _seq_type(geo, dtype), _state_type(geo), _acc_type(geo)),
-      [slope_smem, *[_chunk_smem(geo, dtype)] * 6, _state_smem(geo), acc_smem,
-       plgpu.Barrier(num_barriers=5)],
-      interpret)
-  dk, dv, d_state, k_term = dkdv_call(slope_H, q, k, v, do, d_final_state_BHDD)
+      [slope_smem, _doc_smem(geo), *[_chunk_smem(geo, dtype)] * 6, _state_smem(geo), acc_smem,
+       plgpu.Barrier(num_barriers=6)],
+      interpret, num_inputs=7, segmented=bool(docs))
+  dk, dv, d_state, k_term = dkdv_call(slope_H, *docs, q, k, v, do, d_final_state_BHDD)
 
-  # The slope-gradient identity of lightning_tpu.py.
-  state_term_BH = jnp.sum(d_final_state_BHDD * final_state_BHDD, axis=(2, 3))
-  d_slope_H = -jnp.sum(q_term[..., 0] - k_term[..., 0] + geo.seq_len * state_term_BH, axis=0)
+  d_slope_H = slope_grad(q_term[..., 0], k_term[..., 0], final_state_BHDD,
+                         d_final_state_BHDD, geo.seq_len)
   t = geo.seq_len
   return dq[:, :t], dk[:, :t], dv[:, :t], d_slope_H, d_state
 

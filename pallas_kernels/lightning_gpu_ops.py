@@ -1,30 +1,28 @@
 """The Pallas Mosaic GPU lightning-attention kernels as a differentiable function, and the
 operator hooks (`impl="pallas_gpu"`).
 
-The custom_vjp, validation and hooks are lightning_common's, shared with the TPU kernel:
+The custom_vjp, validation and hooks are lightning_vjp's, shared with the TPU kernel:
 both kernels have one contract. The dq kernel recomputes per-chunk states.
 """
 from typing import Optional
 
 import jax
 
-from pallas_kernels import lightning_common
+from pallas_kernels import lightning_vjp
 from pallas_kernels import lightning_gpu
 from pallas_kernels.lightning_gpu import BlockSizes, Interpret
 
 Array = jax.Array
 
 _NAME = "lightning_attention_gpu"
-_lightning = lightning_common.make_custom_vjp(lightning_gpu)
-
-# Backends on which `impl="auto"` picks this kernel (jax names CUDA devices "gpu").
-GPU_BACKENDS = ("gpu", "cuda")
+_lightning = lightning_vjp.make_custom_vjp(lightning_gpu)
 
 
 def lightning_attention_gpu(q: Array, k: Array, v: Array, slope: Array, *,
                             initial_state: Optional[Array] = None,
                             block_sizes: Optional[BlockSizes] = None,
-                            interpret: Interpret = None) -> tuple[Array, Array]:
+                            interpret: Interpret = None,
+                            segment_ids: Optional[Array] = None) -> tuple[Array, Array]:
   """Lightning attention (docs/MODEL.md §6.3) with the Pallas Mosaic GPU kernels.
 
   Args: as `lightning_attention_tpu`; `interpret` None picks Mosaic GPU when lowered for a
@@ -34,9 +32,9 @@ def lightning_attention_gpu(q: Array, k: Array, v: Array, slope: Array, *,
   Returns:
     out: [B,T,H,D] in q.dtype; final_state: [B,H,D,D] float32.
   """
-  return lightning_common.call(lightning_gpu, _lightning, _NAME, q, k, v, slope,
-                               initial_state, block_sizes, interpret)
+  return lightning_vjp.call(lightning_gpu, _lightning, _NAME, q, k, v, slope,
+                            initial_state, block_sizes, interpret, segment_ids)
 
 
-operator_impl, auto_supported = lightning_common.operator_hooks(
-    lightning_gpu, lightning_attention_gpu, impl="pallas_gpu", fn=_NAME, backends=GPU_BACKENDS)
+operator_impl = lightning_vjp.operator_impl(lightning_gpu, lightning_attention_gpu,
+                                            "pallas_gpu")

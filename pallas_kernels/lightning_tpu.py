@@ -14,6 +14,10 @@ s = slope[h]), chunk n holds C positions, of which m are real (m < C only in the
     dV   = ((Q K^T) * Diag)^T dO + (K * kdecay) dS'
     dS   = exp(-s m) dS' + (Q * qdecay)^T dO                 dS after chunk 0 is d_initial_state
 
+Packed documents (segment ids): an optional [B,T] int32 input of document starts, read as a
+[C,1] block per chunk, masks Diag, qdecay, kdecay and the span (lightning_chunk.py); without
+segment ids the kernels take no such input.
+
 Three `pallas_call`s, each over the grid (B, H, Z) with Z = ceil(T / C) chunks; B and H are
 "parallel" (megacore / multi-core split) and Z "arbitrary" (a sequential carry in VMEM):
   `forward`:           o, final_state
@@ -46,7 +50,7 @@ Z chunks.
 """
 import dataclasses
 import functools
-from typing import Union
+from typing import Optional, Union
 
 import jax
 from jax import lax
@@ -54,11 +58,13 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from pallas_kernels.lightning_chunk import (SUPPORTED_DTYPES, SUPPORTED_HEAD_DIMS, Geometry,
+                                            chunk_decays, pad_doc_starts, round_up, slope_grad,
+                                            target_platform, weighted_rowdot)
+
 Array = jax.Array
 _F32 = jnp.float32
 
-SUPPORTED_HEAD_DIMS = (64, 128)
-SUPPORTED_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 # bf16 packs 16 rows per (sublane x lane) tile; a chunk that is a multiple of 16 tiles
 # cleanly for both bf16 and f32 operands.
 _CHUNK_MULTIPLE = 16
@@ -66,7 +72,7 @@ _CHUNK_MULTIPLE = 16
 _ACC_TILE = (8, 128)
 
 # `interpret` argument: None = Mosaic when the trace targets TPU, interpret mode elsewhere
-# (decided by the target platform, see `_target_platform`, not by jax.default_backend(), so
+# (decided by the target platform, see `lightning_chunk.target_platform`, not by jax.default_backend(), so
 # AOT TPU compiles from a CPU host get the real kernel); False = always Mosaic; an
 # InterpretParams = always interpret mode with those parameters.
 Interpret = Union[None, bool, pltpu.InterpretParams]
@@ -90,14 +96,13 @@ class BlockSizes:
   """
   block_t: int = 256
 
+  def with_chunk(self, chunk: int) -> "BlockSizes":
+    return dataclasses.replace(self, block_t=chunk)
+
   def chunk_for(self, seq_len: int) -> int:
     """The chunk length C actually used for a sequence of `seq_len` tokens."""
-    chunk = _round_up(max(int(self.block_t), 1), _CHUNK_MULTIPLE)
-    return min(chunk, _round_up(max(seq_len, 1), _CHUNK_MULTIPLE))
-
-
-def _round_up(x: int, multiple: int) -> int:
-  return -(-x // multiple) * multiple
+    chunk = round_up(max(int(self.block_t), 1), _CHUNK_MULTIPLE)
+    return min(chunk, round_up(max(seq_len, 1), _CHUNK_MULTIPLE))
 
 
 # --------------------------------------------------------------------------------------
@@ -119,45 +124,10 @@ def _dot_tn(a_f32: Array, b: Array, *, dtype, upcast: bool) -> Array:
   return _dot(a_f32.T.astype(dtype), b, upcast=upcast)
 
 
-@dataclasses.dataclass(frozen=True)
-class _ChunkDecays:
-  diag: Array      # [C,C] f32, exp(-s (i-j)) on and below the diagonal, 0 above
-  q_decay: Array   # [C,1] f32, exp(-s (i+1))
-  k_decay: Array   # [C,1] f32, exp(-s (m-1-j)) for j < m, else 0
-  span: Array      # [1,1] f32, exp(-s m)
-  valid: Array     # [C,1] bool, i < m
-  pos1: Array      # [C,1] f32, global position + 1 (0 where invalid)
-
-
-def _chunk_decays(s, chunk_idx, *, seq_len: int, chunk: int) -> _ChunkDecays:
-  """Decay factors of one chunk; every exponent is -s * (non-negative), clamped then masked."""
-  row = lax.broadcasted_iota(jnp.int32, (chunk, chunk), 0)
-  col = lax.broadcasted_iota(jnp.int32, (chunk, chunk), 1)
-  causal = row >= col
-  gap = jnp.where(causal, row - col, 0).astype(_F32)
-  diag = jnp.where(causal, jnp.exp(-s * gap), 0.0)
-
-  i = lax.broadcasted_iota(jnp.int32, (chunk, 1), 0)
-  m = jnp.minimum(seq_len - chunk_idx * chunk, chunk)  # real positions in this chunk
-  valid = i < m
-  q_decay = jnp.exp(-s * (i + 1).astype(_F32))
-  k_exp = jnp.maximum(m - 1 - i, 0).astype(_F32)
-  k_decay = jnp.where(valid, jnp.exp(-s * k_exp), 0.0)
-  span = jnp.exp(-s * jnp.full((1, 1), m, jnp.int32).astype(_F32))
-  pos1 = jnp.where(valid, (chunk_idx * chunk + i + 1).astype(_F32), 0.0)
-  return _ChunkDecays(diag, q_decay, k_decay, span, valid, pos1)
-
-
 def _load_rows(ref, valid):
   """Reads a [C,D] block, zeroing rows past the sequence end (padding or garbage)."""
   x = ref[...]
   return jnp.where(valid, x, jnp.zeros_like(x))
-
-
-def _weighted_rowdot(a_f32: Array, b_f32: Array, pos1: Array) -> Array:
-  """sum_i pos1[i] * (a_i . b_i) as a [1,1] float32 value."""
-  rows = jnp.sum(a_f32 * b_f32, axis=1, keepdims=True)
-  return jnp.sum(rows * pos1, axis=0, keepdims=True)
 
 
 # --------------------------------------------------------------------------------------
@@ -165,8 +135,13 @@ def _weighted_rowdot(a_f32: Array, b_f32: Array, pos1: Array) -> Array:
 # --------------------------------------------------------------------------------------
 
 
-def _forward_kernel(slope_ref, q_ref, k_ref, v_ref, s0_ref, o_ref, sfin_ref, state_ref, *,
-                    seq_len, chunk, upcast):
+def _docs(doc_ref):
+  """The chunk's [C,1] int32 document starts, or None when the call has no segment ids."""
+  return None if doc_ref is None else doc_ref[...]
+
+
+def _forward_kernel(slope_ref, doc_ref, q_ref, k_ref, v_ref, s0_ref, o_ref, sfin_ref,
+                    state_ref, *, seq_len, chunk, upcast):
   n = pl.program_id(2)
   s = slope_ref[pl.program_id(1)]
   dtype = q_ref.dtype
@@ -175,7 +150,7 @@ def _forward_kernel(slope_ref, q_ref, k_ref, v_ref, s0_ref, o_ref, sfin_ref, sta
   def _():
     state_ref[...] = s0_ref[...]
 
-  dec = _chunk_decays(s, n, seq_len=seq_len, chunk=chunk)
+  dec = chunk_decays(s, n, seq_len=seq_len, chunk=chunk, doc_start=_docs(doc_ref))
   q = _load_rows(q_ref, dec.valid)
   k = _load_rows(k_ref, dec.valid)
   v = _load_rows(v_ref, dec.valid)
@@ -196,8 +171,8 @@ def _forward_kernel(slope_ref, q_ref, k_ref, v_ref, s0_ref, o_ref, sfin_ref, sta
     sfin_ref[...] = state
 
 
-def _dq_kernel(slope_ref, q_ref, k_ref, v_ref, do_ref, s0_ref, dq_ref, qterm_ref, state_ref, *,
-               seq_len, chunk, upcast):
+def _dq_kernel(slope_ref, doc_ref, q_ref, k_ref, v_ref, do_ref, s0_ref, dq_ref, qterm_ref,
+               state_ref, *, seq_len, chunk, upcast):
   n = pl.program_id(2)
   s = slope_ref[pl.program_id(1)]
   dtype = q_ref.dtype
@@ -207,7 +182,7 @@ def _dq_kernel(slope_ref, q_ref, k_ref, v_ref, do_ref, s0_ref, dq_ref, qterm_ref
     state_ref[...] = s0_ref[...]
     qterm_ref[...] = jnp.zeros(qterm_ref.shape, _F32)
 
-  dec = _chunk_decays(s, n, seq_len=seq_len, chunk=chunk)
+  dec = chunk_decays(s, n, seq_len=seq_len, chunk=chunk, doc_start=_docs(doc_ref))
   q = _load_rows(q_ref, dec.valid)
   k = _load_rows(k_ref, dec.valid)
   v = _load_rows(v_ref, dec.valid)
@@ -218,7 +193,7 @@ def _dq_kernel(slope_ref, q_ref, k_ref, v_ref, do_ref, s0_ref, dq_ref, qterm_ref
   dq = _dot(d_scores.astype(dtype), k, upcast=upcast)
   dq = dq + _dot(do, state.astype(dtype), trans_b=True, upcast=upcast) * dec.q_decay
   dq_ref[...] = dq.astype(dq_ref.dtype)
-  qterm = _weighted_rowdot(q.astype(_F32), dq, dec.pos1)
+  qterm = weighted_rowdot(q.astype(_F32), dq, dec.pos1)
   qterm_ref[...] += jnp.broadcast_to(qterm, qterm_ref.shape)
 
   # The same state recurrence as the forward (recomputed; see the module docstring).
@@ -226,8 +201,8 @@ def _dq_kernel(slope_ref, q_ref, k_ref, v_ref, do_ref, s0_ref, dq_ref, qterm_ref
   state_ref[...] = dec.span * state + _dot_tn(k_scaled, v, dtype=dtype, upcast=upcast)
 
 
-def _dkdv_kernel(slope_ref, q_ref, k_ref, v_ref, do_ref, dsfin_ref, dk_ref, dv_ref, ds0_ref,
-                 kterm_ref, dstate_ref, *, seq_len, chunk, upcast):
+def _dkdv_kernel(slope_ref, doc_ref, q_ref, k_ref, v_ref, do_ref, dsfin_ref, dk_ref, dv_ref,
+                 ds0_ref, kterm_ref, dstate_ref, *, seq_len, chunk, upcast):
   n = pl.program_id(2)
   num_chunks = pl.num_programs(2)
   chunk_idx = num_chunks - 1 - n  # grid step n visits chunks last to first
@@ -239,7 +214,8 @@ def _dkdv_kernel(slope_ref, q_ref, k_ref, v_ref, do_ref, dsfin_ref, dk_ref, dv_r
     dstate_ref[...] = dsfin_ref[...]
     kterm_ref[...] = jnp.zeros(kterm_ref.shape, _F32)
 
-  dec = _chunk_decays(s, chunk_idx, seq_len=seq_len, chunk=chunk)
+  dec = chunk_decays(s, chunk_idx, seq_len=seq_len, chunk=chunk,
+                     doc_start=_docs(doc_ref))
   q = _load_rows(q_ref, dec.valid)
   k = _load_rows(k_ref, dec.valid)
   v = _load_rows(v_ref, dec.valid)
@@ -257,7 +233,7 @@ def _dkdv_kernel(slope_ref, q_ref, k_ref, v_ref, do_ref, dsfin_ref, dk_ref, dv_r
   dv = dv + _dot(k_scaled.astype(dtype), dstate_c, upcast=upcast)
   dk_ref[...] = dk.astype(dk_ref.dtype)
   dv_ref[...] = dv.astype(dv_ref.dtype)
-  kterm = _weighted_rowdot(k.astype(_F32), dk, dec.pos1)
+  kterm = weighted_rowdot(k.astype(_F32), dk, dec.pos1)
   kterm_ref[...] += jnp.broadcast_to(kterm, kterm_ref.shape)
 
   q_scaled = q.astype(_F32) * dec.q_decay
@@ -275,32 +251,7 @@ def _dkdv_kernel(slope_ref, q_ref, k_ref, v_ref, do_ref, dsfin_ref, dk_ref, dv_r
 # --------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class _Geometry:
-  batch: int
-  seq_len: int
-  heads: int
-  head_dim: int
-  chunk: int
-
-  @property
-  def num_chunks(self) -> int:
-    return -(-self.seq_len // self.chunk)
-
-  @property
-  def padded_len(self) -> int:
-    return self.num_chunks * self.chunk
-
-  @property
-  def fused(self) -> bool:
-    return self.head_dim % 128 == 0
-
-  @property
-  def grid(self) -> tuple[int, int, int]:
-    return (self.batch, self.heads, self.num_chunks)
-
-
-def _to_kernel_layout(x_BTHD: Array, geo: _Geometry) -> Array:
+def _to_kernel_layout(x_BTHD: Array, geo: Geometry) -> Array:
   b, t, h, d = x_BTHD.shape
   if geo.padded_len != t:
     x_BTHD = jnp.pad(x_BTHD, ((0, 0), (0, geo.padded_len - t), (0, 0), (0, 0)))
@@ -309,7 +260,7 @@ def _to_kernel_layout(x_BTHD: Array, geo: _Geometry) -> Array:
   return jnp.transpose(x_BTHD, (0, 2, 1, 3))
 
 
-def _from_kernel_layout(x: Array, geo: _Geometry) -> Array:
+def _from_kernel_layout(x: Array, geo: Geometry) -> Array:
   b, t, h, d = geo.batch, geo.seq_len, geo.heads, geo.head_dim
   if geo.fused:
     x_BTHD = x.reshape(b, geo.padded_len, h, d)
@@ -318,7 +269,7 @@ def _from_kernel_layout(x: Array, geo: _Geometry) -> Array:
   return x_BTHD[:, :t]
 
 
-def _seq_spec(geo: _Geometry, reverse: bool = False) -> pl.BlockSpec:
+def _seq_spec(geo: Geometry, reverse: bool = False) -> pl.BlockSpec:
   last = geo.num_chunks - 1
   chunk_of = (lambda n: last - n) if reverse else (lambda n: n)
   sq = pl.Squeezed()
@@ -327,7 +278,29 @@ def _seq_spec(geo: _Geometry, reverse: bool = False) -> pl.BlockSpec:
   return pl.BlockSpec((sq, sq, geo.chunk, geo.head_dim), lambda b, h, n: (b, h, chunk_of(n), 0))
 
 
-def _state_spec(geo: _Geometry) -> pl.BlockSpec:
+def _doc_spec(geo: Geometry, reverse: bool = False) -> pl.BlockSpec:
+  """[C,1] int32 document starts of a chunk, from [B,T_pad,1] (a full-width lane block)."""
+  last = geo.num_chunks - 1
+  chunk_of = (lambda n: last - n) if reverse else (lambda n: n)
+  return pl.BlockSpec((pl.Squeezed(), geo.chunk, 1), lambda b, h, n: (b, chunk_of(n), 0))
+
+
+def _doc_inputs(doc_start_BT, geo: Geometry, reverse: bool = False):
+  """(in_specs, args) for the optional document-start input."""
+  if doc_start_BT is None:
+    return [], []
+  docs = pad_doc_starts(doc_start_BT.astype(jnp.int32), geo.padded_len)[:, :, None]
+  return [_doc_spec(geo, reverse)], [docs]
+
+
+def _with_docs(kernel, segmented: bool):
+  """The kernel with `doc_ref` bound to None when the call has no segment ids."""
+  if segmented:
+    return kernel
+  return lambda slope_ref, *refs, **kw: kernel(slope_ref, None, *refs, **kw)
+
+
+def _state_spec(geo: Geometry) -> pl.BlockSpec:
   sq = pl.Squeezed()
   return pl.BlockSpec((sq, sq, geo.head_dim, geo.head_dim), lambda b, h, n: (b, h, 0, 0))
 
@@ -337,21 +310,21 @@ def _acc_spec() -> pl.BlockSpec:
   return pl.BlockSpec((sq, sq, *_ACC_TILE), lambda b, h, n: (b, h, 0, 0))
 
 
-def _seq_shape(geo: _Geometry, dtype) -> jax.ShapeDtypeStruct:
+def _seq_shape(geo: Geometry, dtype) -> jax.ShapeDtypeStruct:
   if geo.fused:
     return jax.ShapeDtypeStruct((geo.batch, geo.padded_len, geo.heads * geo.head_dim), dtype)
   return jax.ShapeDtypeStruct((geo.batch, geo.heads, geo.padded_len, geo.head_dim), dtype)
 
 
-def _state_shape(geo: _Geometry) -> jax.ShapeDtypeStruct:
+def _state_shape(geo: Geometry) -> jax.ShapeDtypeStruct:
   return jax.ShapeDtypeStruct((geo.batch, geo.heads, geo.head_dim, geo.head_dim), _F32)
 
 
-def _acc_shape(geo: _Geometry) -> jax.ShapeDtypeStruct:
+def _acc_shape(geo: Geometry) -> jax.ShapeDtypeStruct:
   return jax.ShapeDtypeStruct((geo.batch, geo.heads, *_ACC_TILE), _F32)
 
 
-def _cost(geo: _Geometry, itemsize: int, *, matmul_terms: int, cd2_terms: int,
+def _cost(geo: Geometry, itemsize: int, *, matmul_terms: int, cd2_terms: int,
           seq_arrays: int, state_arrays: int) -> pl.CostEstimate:
   """Flops, exps and HBM bytes of one call: `matmul_terms` C x C x D matmuls and
   `cd2_terms` C x D x D matmuls per chunk, `seq_arrays` [B,T,H,D] reads/writes."""
@@ -369,21 +342,6 @@ def _compiler_params() -> pltpu.CompilerParams:
   return pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "arbitrary"))
 
 
-def _target_platform() -> str:
-  """The platform this trace is being built for.
-
-  Inside `jax.shard_map` (required for Mosaic on more than one device) the abstract mesh
-  names the devices' platform, which is what an ahead-of-time compile for a TPU topology
-  from a CPU host lowers for; outside any mesh the default backend is the target.
-  `jax.default_backend()` alone would say "cpu" during such a compile.
-  """
-  mesh = jax.sharding.get_abstract_mesh()
-  device = getattr(mesh, "abstract_device", None)
-  if device is not None:
-    return device.platform
-  return jax.default_backend()
-
-
 def _resolve_interpret(interpret: Interpret):
   """None -> Mosaic (False) when targeting TPU, else the default TPU interpret mode.
 
@@ -392,7 +350,7 @@ def _resolve_interpret(interpret: Interpret):
   ("Lowering rule for `cond` returns incorrect set of output tokens").
   """
   if interpret is None:
-    return False if _target_platform() == "tpu" else DEFAULT_INTERPRET_PARAMS
+    return False if target_platform() == "tpu" else DEFAULT_INTERPRET_PARAMS
   return interpret
 
 
@@ -400,7 +358,7 @@ def _run(build, interpret: Interpret, *args):
   return build(_resolve_interpret(interpret))(*args)
 
 
-def _kernel_kwargs(geo: _Geometry, interpret) -> dict:
+def _kernel_kwargs(geo: Geometry, interpret) -> dict:
   return dict(seq_len=geo.seq_len, chunk=geo.chunk, upcast=interpret is not False)
 
 
@@ -413,20 +371,21 @@ def _smem_spec() -> pl.BlockSpec:
 # --------------------------------------------------------------------------------------
 
 
-def _geometry(q_BTHD: Array, block_sizes: BlockSizes) -> _Geometry:
+def _geometry(q_BTHD: Array, block_sizes: BlockSizes) -> Geometry:
   b, t, h, d = q_BTHD.shape
-  return _Geometry(b, t, h, d, block_sizes.chunk_for(t))
+  return Geometry(b, t, h, d, block_sizes.chunk_for(t))
 
 
-def forward(q_BTHD: Array, k_BTHD: Array, v_BTHD: Array, slope_H: Array, state_BHDD: Array, *,
-            block_sizes: BlockSizes = BlockSizes(), interpret: Interpret = None
-            ) -> tuple[Array, Array]:
+def forward(q_BTHD: Array, k_BTHD: Array, v_BTHD: Array, slope_H: Array, state_BHDD: Array,
+            doc_start_BT: Optional[Array] = None, *, block_sizes: BlockSizes = BlockSizes(),
+            interpret: Interpret = None) -> tuple[Array, Array]:
   """Lightning attention forward.
 
   Args:
     q_BTHD, k_BTHD, v_BTHD: [B,T,H,D], float32 or bfloat16, D in SUPPORTED_HEAD_DIMS, T >= 1.
     slope_H: [H] float32 decay rates.
     state_BHDD: [B,H,D,D] float32 initial state.
+    doc_start_BT: None, or [B,T] int32 `lightning_chunk.doc_starts` of packed documents.
 
   Returns:
     out_BTHD: [B,T,H,D] in q's dtype; final_state_BHDD: [B,H,D,D] float32.
@@ -434,12 +393,16 @@ def forward(q_BTHD: Array, k_BTHD: Array, v_BTHD: Array, slope_H: Array, state_B
   geo = _geometry(q_BTHD, block_sizes)
   dtype = q_BTHD.dtype
 
+  doc_specs, doc_args = _doc_inputs(doc_start_BT, geo)
+
   def build(interp):
-    kernel = functools.partial(_forward_kernel, **_kernel_kwargs(geo, interp))
+    kernel = functools.partial(_with_docs(_forward_kernel, bool(doc_specs)),
+                               **_kernel_kwargs(geo, interp))
     return pl.pallas_call(
         kernel,
         grid=geo.grid,
-        in_specs=[_smem_spec(), _seq_spec(geo), _seq_spec(geo), _seq_spec(geo), _state_spec(geo)],
+        in_specs=[_smem_spec(), *doc_specs, _seq_spec(geo), _seq_spec(geo), _seq_spec(geo),
+                  _state_spec(geo)],
         out_specs=[_seq_spec(geo), _state_spec(geo)],
         out_shape=[_seq_shape(geo, dtype), _state_shape(geo)],
         scratch_shapes=[pltpu.VMEM((geo.head_dim, geo.head_dim), _F32)],
@@ -451,14 +414,14 @@ def forward(q_BTHD: Array, k_BTHD: Array, v_BTHD: Array, slope_H: Array, state_B
     )
 
   qkv = [_to_kernel_layout(x, geo) for x in (q_BTHD, k_BTHD, v_BTHD)]
-  out, final_state = _run(build, interpret, slope_H, *qkv, state_BHDD)
+  out, final_state = _run(build, interpret, slope_H, *doc_args, *qkv, state_BHDD)
   return _from_kernel_layout(out, geo), final_state
 
 
 def backward(q_BTHD: Array, k_BTHD: Array, v_BTHD: Array, slope_H: Array, state_BHDD: Array,
-             final_state_BHDD: Array, d_out_BTHD: Array, d_final_state_BHDD: Array, *,
-             block_sizes: BlockSizes = BlockSizes(), interpret: Interpret = None
-             ) -> tuple[Array, Array, Array, Array, Array]:
+             final_state_BHDD: Array, d_out_BTHD: Array, d_final_state_BHDD: Array,
+             doc_start_BT: Optional[Array] = None, *, block_sizes: BlockSizes = BlockSizes(),
+             interpret: Interpret = None) -> tuple[Array, Array, Array, Array, Array]:
   """Gradients of <out, d_out> + <final_state, d_final_state>.
 
   Args: as `forward`, plus final_state_BHDD (the forward's [B,H,D,D] float32 output),
@@ -472,12 +435,16 @@ def backward(q_BTHD: Array, k_BTHD: Array, v_BTHD: Array, slope_H: Array, state_
   seq_specs = [_seq_spec(geo)] * 4
   rev_specs = [_seq_spec(geo, reverse=True)] * 4
 
+  doc_specs, doc_args = _doc_inputs(doc_start_BT, geo)
+  rev_doc_specs, _ = _doc_inputs(doc_start_BT, geo, reverse=True)
+
   def build_dq(interp):
-    kernel = functools.partial(_dq_kernel, **_kernel_kwargs(geo, interp))
+    kernel = functools.partial(_with_docs(_dq_kernel, bool(doc_specs)),
+                               **_kernel_kwargs(geo, interp))
     return pl.pallas_call(
         kernel,
         grid=geo.grid,
-        in_specs=[_smem_spec(), *seq_specs, _state_spec(geo)],
+        in_specs=[_smem_spec(), *doc_specs, *seq_specs, _state_spec(geo)],
         out_specs=[_seq_spec(geo), _acc_spec()],
         out_shape=[_seq_shape(geo, dtype), _acc_shape(geo)],
         scratch_shapes=[pltpu.VMEM((geo.head_dim, geo.head_dim), _F32)],
@@ -489,11 +456,12 @@ def backward(q_BTHD: Array, k_BTHD: Array, v_BTHD: Array, slope_H: Array, state_
     )
 
   def build_dkdv(interp):
-    kernel = functools.partial(_dkdv_kernel, **_kernel_kwargs(geo, interp))
+    kernel = functools.partial(_with_docs(_dkdv_kernel, bool(doc_specs)),
+                               **_kernel_kwargs(geo, interp))
     return pl.pallas_call(
         kernel,
         grid=geo.grid,
-        in_specs=[_smem_spec(), *rev_specs, _state_spec(geo)],
+        in_specs=[_smem_spec(), *rev_doc_specs, *rev_specs, _state_spec(geo)],
         out_specs=[rev_specs[0], rev_specs[0], _state_spec(geo), _acc_spec()],
         out_shape=[_seq_shape(geo, dtype), _seq_shape(geo, dtype), _state_shape(geo),
                    _acc_shape(geo)],
@@ -506,11 +474,10 @@ def backward(q_BTHD: Array, k_BTHD: Array, v_BTHD: Array, slope_H: Array, state_
     )
 
   q, k, v, do = (_to_kernel_layout(x, geo) for x in (q_BTHD, k_BTHD, v_BTHD, d_out_BTHD))
-  dq, q_term = _run(build_dq, interpret, slope_H, q, k, v, do, state_BHDD)
-  dk, dv, d_state, k_term = _run(build_dkdv, interpret, slope_H, q, k, v, do,
+  dq, q_term = _run(build_dq, interpret, slope_H, *doc_args, q, k, v, do, state_BHDD)
+  dk, dv, d_state, k_term = _run(build_dkdv, interpret, slope_H, *doc_args, q, k, v, do,
                                  d_final_state_BHDD)
-  state_term_BH = jnp.sum(d_final_state_BHDD * final_state_BHDD, axis=(2, 3))
-  d_slope_H = -jnp.sum(q_term[..., 0, 0] - k_term[..., 0, 0] + geo.seq_len * state_term_BH,
-                       axis=0)
+  d_slope_H = slope_grad(q_term[..., 0, 0], k_term[..., 0, 0], final_state_BHDD,
+                         d_final_state_BHDD, geo.seq_len)
   return (_from_kernel_layout(dq, geo), _from_kernel_layout(dk, geo),
           _from_kernel_layout(dv, geo), d_slope_H, d_state)

@@ -1,0 +1,177 @@
+"""CPU gates for the GPU lightning kernels: lowering for cuda, and a deviceless H100 compile.
+
+  python -m experiments.aot_lightning_gpu                      # every sweep config, JSON out
+  python -m experiments.aot_lightning_gpu --mode=lower         # lowering only (no plugin)
+
+(a) `lower`: `jax.jit(f).trace(...).lower(lowering_platforms=("cuda",))` on the CPU jaxlib
+    runs the whole Pallas -> Triton-IR (or Mosaic GPU) lowering. jax >= 0.11's Triton
+    lowering asks for the GPU's compute capability, so it runs inside
+    `use_abstract_mesh` of an abstract H100 (`H100_ABSTRACT_MESH`).
+(b) `compile`: with jax-cuda12-plugin + jax-cuda12-pjrt (requirements-test.txt), a
+    compile-only CUDA topology for an H100 target config runs XLA's GPU pipeline, Triton's
+    TTIR -> PTX -> cubin and ptxas on CPU: shared-memory overflows and ptxas errors surface
+    here. Triton kernels' shared memory and register counts are read from the compiled
+    module's kernel metadata when XLA reports them.
+Shapes: the benchmark's B=4, T=8192, H=16, D=128, bf16 (fp32 slope and state).
+Writes benchmarks/results/aot_lightning_gpu.json.
+"""
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import datetime  # noqa: E402
+import functools  # noqa: E402
+import itertools  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+import time  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P  # noqa: E402
+from jax._src.mesh import AbstractDevice, AbstractMesh  # noqa: E402
+
+from pallas_kernels.lightning_triton import BlockSizes  # noqa: E402
+from pallas_kernels.lightning_triton_ops import lightning_attention_triton  # noqa: E402
+
+H100_KIND = "NVIDIA H100 80GB HBM3"
+H100_ABSTRACT_MESH = AbstractMesh(
+    (1,), ("x",), (AxisType.Explicit,),
+    abstract_device=AbstractDevice(device_kind=H100_KIND, num_cores=132, platform="cuda"))
+
+# GpuTargetConfig text proto of an H100 SXM (WORKSPACE_NOTES.md, "Issue 12").
+H100_TARGET_CONFIG = """
+gpu_device_info {
+  threads_per_block_limit: 1024 threads_per_warp: 32 shared_memory_per_block: 49152
+  shared_memory_per_core: 233472 threads_per_core_limit: 2048 core_count: 132
+  fpus_per_core: 128 block_dim_limit_x: 2147483647 block_dim_limit_y: 65535
+  block_dim_limit_z: 65535 memory_bandwidth: 3352320000000 l2_cache_size: 52428800
+  clock_rate_ghz: 1.98 device_memory_size: 84929347584
+  shared_memory_per_block_optin: 232448 cuda_compute_capability { major: 9 }
+  registers_per_core_limit: 65536 registers_per_block_limit: 65536
+}
+platform_name: "CUDA" dnn_version_info { major: 9 minor: 8 }
+runtime_version { major: 12 minor: 8 patch: 0 }
+device_description_str: "NVIDIA H100 80GB HBM3"
+"""
+
+SHAPE_BTHD = (4, 8192, 16, 128)
+# The sweep's candidate configs (chunk, split, num_warps, num_stages); `compile` prunes those
+# that do not fit an H100 and the sweep reads SWEEP_CONFIGS.
+CANDIDATE_CONFIGS = [BlockSizes(c, s, w, st) for c, s, w, st in
+                     itertools.product((64, 128), (64, 32), (4, 8), (2, 3))]
+# Candidates that failed the deviceless H100 compile (benchmarks/results/aot_lightning_gpu.json).
+FAILS_H100_COMPILE = {(128, 64, 4, 3), (128, 64, 8, 3), (128, 32, 4, 3), (128, 32, 8, 3)}
+SWEEP_CONFIGS = [b for b in CANDIDATE_CONFIGS
+                 if (b.chunk, b.split, b.num_warps, b.num_stages) not in FAILS_H100_COMPILE]
+
+
+def programs(block_sizes: BlockSizes, shape_BTHD=SHAPE_BTHD, dtype=jnp.bfloat16,
+             segmented: bool = False):
+  """{"fwd": (fn, args), "fwd_bwd": (fn, args)} of the Triton kernel, as ShapeDtypeStructs."""
+  b, t, h, d = shape_BTHD
+  q = jax.ShapeDtypeStruct(shape_BTHD, dtype)
+  slope = jax.ShapeDtypeStruct((h,), jnp.float32)
+  state = jax.ShapeDtypeStruct((b, h, d, d), jnp.float32)
+  seg = jax.ShapeDtypeStruct((b, t), jnp.int32)
+
+  def fwd(q, k, v, slope, state, seg):
+    return lightning_attention_triton(q, k, v, slope, initial_state=state,
+                                      block_sizes=block_sizes, interpret=False,
+                                      segment_ids=seg if segmented else None)
+
+  def fwd_bwd(q, k, v, slope, state, seg, d_out, d_state):
+    outs, pullback = jax.vjp(functools.partial(fwd, seg=seg), q, k, v, slope, state)
+    return outs, pullback((d_out, d_state))
+
+  return {"fwd": (fwd, (q, q, q, slope, state, seg)),
+          "fwd_bwd": (fwd_bwd, (q, q, q, slope, state, seg, q, state))}
+
+
+def lower_for_cuda(fn, args):
+  """(lowered, seconds): Pallas lowering for cuda on the CPU jaxlib."""
+  t0 = time.perf_counter()
+  with jax.sharding.use_abstract_mesh(H100_ABSTRACT_MESH):
+    lowered = jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",))
+  return lowered, time.perf_counter() - t0
+
+
+@functools.cache
+def h100_mesh():
+  """A one-device compile-only CUDA mesh (needs jax-cuda12-plugin; no GPU, no driver)."""
+  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  topo = topologies.get_topology_desc(platform="cuda", target_config=H100_TARGET_CONFIG,
+                                      topology="1x1x1")
+  return topologies.make_mesh(topo=topo, mesh_shape=(1,), axis_names=("x",))
+
+
+def compile_for_h100(fn, args):
+  """(compiled, seconds) of a deviceless AOT compile for the H100 target."""
+  mesh = h100_mesh()
+  placed = [jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=NamedSharding(mesh, P()))
+            for a in args]
+  t0 = time.perf_counter()
+  with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+    compiled = jax.jit(fn).lower(*placed).compile()
+  return compiled, time.perf_counter() - t0
+
+
+def _kernel_resources(text: str) -> list:
+  """Per Triton kernel, what the compiled HLO's backend configs say (shared memory, warps)."""
+  rows = []
+  for m in re.finditer(r'"shared_mem_bytes":"?(\d+)"?', text):
+    rows.append({"shared_mem_bytes": int(m.group(1))})
+  return rows
+
+
+def config_record(block_sizes: BlockSizes, mode: str, *, do_compile: bool) -> dict:
+  key = dict(chunk=block_sizes.chunk, split=block_sizes.split,
+             num_warps=block_sizes.num_warps, num_stages=block_sizes.num_stages)
+  rows = []
+  for prog, (fn, args) in programs(block_sizes).items():
+    row = {**key, "program": prog}
+    try:
+      lowered, secs = lower_for_cuda(fn, args)
+      row.update(lowered=True, lower_s=round(secs, 2),
+                 triton_calls=lowered.as_text().count("__gpu$xla.gpu.triton"))
+    except Exception as e:  # noqa: BLE001 - a failure is the result
+      row.update(lowered=False, error=f"{type(e).__name__}: {e}"[:400])
+      rows.append(row)
+      continue
+    if do_compile:
+      try:
+        compiled, secs = compile_for_h100(fn, args)
+        row.update(compiled=True, compile_s=round(secs, 2),
+                   kernels=_kernel_resources(compiled.as_text()))
+      except Exception as e:  # noqa: BLE001
+        row.update(compiled=False, error=f"{type(e).__name__}: {e}"[:400])
+    rows.append(row)
+  return rows
+
+
+def main():
+  import argparse  # pylint: disable=g-import-not-at-top
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--mode", choices=("lower", "compile"), default="compile")
+  parser.add_argument("--out", default="benchmarks/results/aot_lightning_gpu.json")
+  parser.add_argument("--configs", choices=("candidates", "sweep", "default"),
+                      default="candidates")
+  args = parser.parse_args()
+  configs = {"candidates": CANDIDATE_CONFIGS, "sweep": SWEEP_CONFIGS,
+             "default": [BlockSizes()]}[args.configs]
+  rows = []
+  for bs in configs:
+    rows += config_record(bs, args.mode, do_compile=args.mode == "compile")
+    print(json.dumps(rows[-2:]), flush=True)
+  result = {"what": "CPU lowering for cuda / deviceless H100 compile of "
+                    "pallas_kernels.lightning_triton", "target": H100_KIND,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "jax": jax.__version__, "shape_BTHD": list(SHAPE_BTHD), "dtype": "bfloat16",
+            "rows": rows}
+  os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+  with open(args.out, "w") as f:
+    json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+  main()
