@@ -3,7 +3,7 @@
 `write_hf_checkpoint` pulls one param at a time from a source (in-memory params, a converted
 Orbax checkpoint, a trainer checkpoint) and streams its tensors into shards planned up
 front, so the working set is one param (e.g. one layer's stacked [E, M, F] experts) plus one
-expert's transposed copy. Everything is written into a staging directory that is renamed
+expert's transposed copy; other transposes go in 64 MB row blocks. Everything is written into a staging directory that is renamed
 into place at the end.
 """
 from __future__ import annotations
@@ -23,6 +23,8 @@ from m1jax.hf.safetensors_io import (FLOAT_DTYPES, INDEX_FILE, Entry, ShardWrite
                                      parse_size, plan_shards, shard_names)
 
 DEFAULT_MAX_SHARD_SIZE = "5GB"
+# Largest transposed piece made at once (the [V, M] head is written in row blocks).
+BLOCK_BYTES = 64 << 20
 
 
 class ParamSource(Protocol):
@@ -105,14 +107,18 @@ def write_hf_checkpoint(source: ParamSource, out_dir: str, *, dialect: str = "mi
       if tuple(value.shape) != expected:
         raise ValueError(f"{param.name()}: expected shape {expected}, found "
                          f"{tuple(value.shape)}")
-      for key, tensor in zip(param.hf_keys(cfg), keys.from_param(param.rule, value, cfg)):
+      if param.rule.per_expert:
+        tensors = ([t] for t in keys.from_param(param.rule, value, cfg))  # one at a time
+      else:  # one tensor, in row blocks: a transposed head is never copied whole
+        tensors = [keys.hf_row_blocks(param.rule, value, cfg, BLOCK_BYTES)]
+      for key, blocks in zip(param.hf_keys(cfg), tensors):
         if shard_of[key] != current:
           if writer is not None:
             writer.close()
           current = shard_of[key]
           writer = ShardWriter(os.path.join(staging, names[current]), shards[current])
         entry = writer.next_entry
-        writer.write(key, tensor.astype(entry.dtype, copy=False))
+        writer.write_rows(key, (b.astype(entry.dtype, copy=False) for b in blocks))
         bar.advance(1, entry.nbytes)
       del value
     writer.close()

@@ -22,6 +22,9 @@ from m1jax.hf.dialects import model_config_from_hf
 from m1jax.hf.safetensors_io import (FLOAT_DTYPES, CheckpointError, TensorInfo, inventory,
                                      read_tensor)
 
+# Row blocks of a big transposed tensor read at once (see _read_transposed).
+BLOCK_BYTES = 64 << 20
+
 
 @dataclasses.dataclass(frozen=True)
 class Source:
@@ -133,9 +136,22 @@ def read_param(source: Source, cfg: ModelConfig) -> np.ndarray:
   if rule.per_expert:
     for e, info in enumerate(source.tensors):
       keys.to_param(rule, [read_tensor(info)], cfg, out=out[e:e + 1])
+  elif rule.transform == keys.TRANSPOSE and source.tensors[0].nbytes > BLOCK_BYTES:
+    _read_transposed(source.tensors[0], out)
   else:
     keys.to_param(rule, [read_tensor(source.tensors[0])], cfg, out=out)
   return out
+
+
+def _read_transposed(info: TensorInfo, out: np.ndarray) -> None:
+  """A big [out, in] tensor into its [in, out] param, BLOCK_BYTES of rows at a time (the
+  [V, M] head would otherwise exist twice: as read and transposed)."""
+  rows, cols = info.shape
+  columns = out.reshape(cols, rows)
+  step = max(1, BLOCK_BYTES // max(1, cols * FLOAT_DTYPES[info.dtype].itemsize))
+  for r0 in range(0, rows, step):
+    r1 = min(r0 + step, rows)  # safetensors' slices do not clamp
+    columns[:, r0:r1] = read_tensor(info, (slice(r0, r1), slice(None))).T
 
 
 def from_pretrained(path: str | os.PathLike, **config_overrides):

@@ -263,6 +263,20 @@ def from_param(rule: Rule, value: np.ndarray, cfg: ModelConfig) -> Iterator[np.n
       yield np.ascontiguousarray(piece.reshape(hf_shape))
 
 
+def hf_row_blocks(rule: Rule, value: np.ndarray, cfg: ModelConfig,
+                  block_bytes: int) -> Iterator[np.ndarray]:
+  """The HF tensor of a (non-expert) param as consecutive row blocks of at most
+  `block_bytes`, each C-contiguous: a transposed [V, M] head never exists whole."""
+  hf_shape = shape(rule.hf_shape, cfg)
+  if rule.per_expert or rule.transform != TRANSPOSE:
+    yield from from_param(rule, value, cfg)
+    return
+  columns = value.reshape(hf_shape[::-1])  # [in, out]: HF row r is column r
+  rows = max(1, block_bytes // max(1, hf_shape[1] * value.dtype.itemsize))
+  for r0 in range(0, hf_shape[0], rows):
+    yield np.ascontiguousarray(columns[:, r0:r0 + rows].T)
+
+
 def fused_to_param(rule: FusedRule, x: np.ndarray) -> np.ndarray:
   """A fused [E, A, B] slice (already cut to this rule's part) -> [E, B, A]."""
   return np.ascontiguousarray(x.transpose(0, 2, 1))

@@ -218,13 +218,22 @@ class ShardWriter:
     return self.entries[self._next]
 
   def write(self, key: str, value: np.ndarray) -> None:
+    self.write_rows(key, [value])
+
+  def write_rows(self, key: str, blocks: Iterable[np.ndarray]) -> None:
+    """Writes the next tensor from consecutive blocks of its rows (leading axis)."""
     if self._next >= len(self.entries):
       raise ValueError(f"{self.file}: unexpected extra tensor {key!r}")
     e = self.entries[self._next]
-    if key != e.key or tuple(value.shape) != e.shape or value.dtype != e.dtype:
-      raise ValueError(f"{self.file}: expected {e.key!r} {e.shape} {e.dtype} next, got "
-                       f"{key!r} {tuple(value.shape)} {value.dtype}")
-    self._f.write(np.ascontiguousarray(value).reshape(-1).view(np.uint8).data)
+    rows = 0
+    for block in blocks:
+      if key != e.key or tuple(block.shape[1:]) != e.shape[1:] or block.dtype != e.dtype:
+        raise ValueError(f"{self.file}: expected {e.key!r} {e.shape} {e.dtype} next, got "
+                         f"{key!r} rows of {tuple(block.shape)} {block.dtype}")
+      self._f.write(np.ascontiguousarray(block).reshape(-1).view(np.uint8).data)
+      rows += block.shape[0] if block.ndim else 1
+    if rows != (e.shape[0] if e.shape else 1):
+      raise ValueError(f"{self.file}: {key!r} got {rows} rows, expected shape {e.shape}")
     self._next += 1
 
   def close(self) -> None:
