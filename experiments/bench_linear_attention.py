@@ -17,6 +17,9 @@ mode, so its times are interpreter cost (correctness only), never kernel speed:
 GPU contenders (issue 4; needs JAX_PLATFORMS=cuda, which overrides the CPU default below):
   pallas_gpu  pallas_kernels/lightning_gpu.py through impl="pallas_gpu";
   chunked     the XLA chunked reference;
+  pallas_triton  pallas_kernels/lightning_triton.py through impl="pallas_triton";
+  jla         jax-linear-attention's simple_gla (Mosaic GPU, g = -slope per token, scale 1),
+              imported only when listed;
   cudnn       jax.nn.dot_product_attention(implementation="cudnn", is_causal=True);
   fla         flash-linear-attention's chunk_simple_gla(g_gamma=-slope, scale=1) in PyTorch,
               imported only when listed (pip install flash-linear-attention beside torch).
@@ -27,6 +30,8 @@ import os
 
 # The numbers are meant to be CPU numbers even on a machine with an accelerator.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# torch (fla) may share the GPU: JAX must not take 75 % of its memory up front.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import datetime  # noqa: E402
 import json  # noqa: E402
@@ -60,12 +65,23 @@ _HEADS_SWEEP = flags.DEFINE_list("heads_sweep", [], "If set, every H to run (ove
 _EXTERNAL = ("cudnn", "fla")
 
 
+def _jla_forward(q, k, v, slope, state):
+  """jax-linear-attention's simple_gla: the same recurrence with log-decay g = -slope."""
+  from jla.ops import linear_attention as jla_op  # pylint: disable=g-import-not-at-top
+  b, t, h, _ = q.shape
+  g_BTH = jnp.broadcast_to(-slope, (b, t, h)).astype(jnp.float32)
+  return jla_op("simple_gla", q, k, v, g=g_BTH, impl="mosaic_gpu", scale=1.0,
+                initial_state=state, output_final_state=True)
+
+
 def _make_fn(impl: str, mode: str, block_size: int):
   """A jitted fwd (out, state) or fwd+bwd (grads of q, k, v, initial_state) function."""
   if impl == "cudnn":
     return _make_cudnn_fn(mode)
 
   def forward(q, k, v, slope, state):
+    if impl == "jla":
+      return _jla_forward(q, k, v, slope, state)
     return lightning_attention(q, k, v, slope, initial_state=state, impl=impl,
                                block_size=block_size)
 
@@ -231,7 +247,8 @@ def _fmt(x, spec):
 
 def _print_table(points: list[dict], cross: list[dict], fits: list[dict]) -> None:
   by_key = {(p["impl"], p["mode"], p["T"]): p for p in points}
-  impls = [i for i in ("naive", "recurrent", "chunked", "pallas_tpu", "pallas_gpu", *_EXTERNAL)
+  impls = [i for i in ("naive", "recurrent", "chunked", "pallas_tpu", "pallas_gpu",
+                       "pallas_triton", "jla", *_EXTERNAL)
            if i in _IMPLS.value]
   for mode in _MODES.value:
     print(f"\n{mode}: median ms (x time(T)/time(T/2))")

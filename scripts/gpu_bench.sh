@@ -2,7 +2,7 @@
 # GPU machine only (no network there). bash scripts/gpu_bench.sh stage1 | stage2 ["<bench flags>"]
 # The wheels the GPU image lacks come along in the ignored .whl/ folder, fetched on a
 # networked host with:
-#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl flash-linear-attention==0.6.0 fla-core==0.6.0
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform any -d .whl flash-linear-attention==0.6.0 fla-core==0.6.0 jax-linear-attention==0.1.0 equinox==0.13.8
 set -uo pipefail
 # torch (fla) shares the GPU: JAX must not grab 75 % of its memory up front.
 export PYTHONUNBUFFERED=1 JAX_PLATFORMS=cuda XLA_PYTHON_CLIENT_PREALLOCATE=false
@@ -16,7 +16,7 @@ export PYTHONPATH=$SCRATCH/site:$PWD
 case "${1:-}" in
 stage1)  # <= ~9.8 min: environment, compiled numerics, config sweep, fla warm-up
   { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
-    python3 -c "import jax,torch,triton;print(jax.__version__,jax.devices(),torch.__version__,triton.__version__)"
+    python3 -c "import jax,torch,triton,fla,jla;print(jax.__version__,jax.devices(),torch.__version__,triton.__version__,fla.__version__)"
   } > "$OUT/env.txt" 2>&1
   timeout 200 python3 -m pytest -q -x -n 4 -p no:cacheprovider \
     tests/pallas_kernels/test_lightning_triton.py tests/pallas_kernels/test_lightning_segments.py \
@@ -30,7 +30,7 @@ o,s=f(q,k,v,g_gamma=-torch.rand(4,device='cuda'),scale=1.0,output_final_state=Tr
 (o.float().sum()+s.sum()).backward(); torch.cuda.synchronize(); print('fla warm')" >> "$OUT/sweep.log" 2>&1 ;;
 stage2)  # ~9 min: B=4, H in {16,64}, D=128, T in {8K,16K,32K}, bf16, fwd and fwd+bwd
   timeout 560 python3 -m experiments.bench_linear_attention \
-    --impls=pallas_triton,fla,cudnn --modes=fwd,fwd_bwd --dtype=bfloat16 --batch=4 \
+    --impls=pallas_triton,jla,fla,cudnn --modes=fwd,fwd_bwd --dtype=bfloat16 --batch=4 \
     --heads_sweep=16,64 --head_dim=128 --seq_lens=8192,16384,32768 --repeats=10 ${2:-} \
     --out="$OUT/linear_attention_gpu.json" > "$OUT/bench.log" 2>&1 ;;
 *) echo "usage: $0 stage1|stage2 '<bench flags>'"; exit 2 ;;
