@@ -1,0 +1,61 @@
+"""The lightning_attention implementation table (m1jax/ops/linear_attention.py): fail-closed
+"auto", explicit names that cannot run say why, and the choice is logged once per shape."""
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from m1jax.ops import IMPLEMENTATIONS, lightning_attention
+from m1jax.ops import linear_attention as la
+
+
+def _inputs(t=5, d=64, dtype=jnp.float32):
+  rng = np.random.default_rng(0)
+  q = jnp.asarray(rng.standard_normal((1, t, 2, d)) * 0.3, dtype)
+  return q, q, q, jnp.asarray([0.1, 1.0], jnp.float32)
+
+
+def test_table_lists_every_implementation_and_only_verified_status_enables_auto():
+  assert set(IMPLEMENTATIONS) == set(la.TABLE)
+  assert set(la.AUTO_ORDER) <= {n for n, e in la.TABLE.items() if e.is_kernel}
+  verified = {(n, p) for n, e in la.TABLE.items() for p, s in e.status.items()
+              if s == la.VERIFIED}
+  # No GPU kernel has run on a GPU: only the TPU kernel on TPU is verified.
+  assert verified == {("pallas_tpu", "tpu")}
+
+
+@pytest.mark.parametrize("backend, expected", [("cpu", "chunked"), ("gpu", "chunked"),
+                                               ("cuda", "chunked"), ("tpu", "pallas_tpu")])
+def test_auto_is_fail_closed_per_platform(monkeypatch, backend, expected):
+  monkeypatch.setattr(jax, "default_backend", lambda: backend)
+  q, k, v, slope = _inputs()
+  seg = jnp.ones(q.shape[:2], jnp.int32)
+  assert la._resolve_impl("auto", (q, k, v, slope, None, None)) == expected
+  assert la._resolve_impl("auto", (q, k, v, slope, None, None), seg) == expected
+  # Inputs the kernels' tests do not cover never reach a kernel.
+  q32 = q[..., :32]
+  assert la._resolve_impl("auto", (q32, q32, q32, slope, None, None)) == "chunked"
+  q16 = q.astype(jnp.float16)
+  assert la._resolve_impl("auto", (q16, q16, q16, slope, None, None)) == "chunked"
+
+
+def test_explicit_kernel_that_cannot_run_here_says_why(monkeypatch):
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  q, k, v, slope = _inputs()
+  with pytest.raises(ValueError, match="impl='pallas_gpu' cannot run on gpu: does not lower"):
+    lightning_attention(q, k, v, slope, impl="pallas_gpu")
+
+
+def test_choice_is_logged_once_per_shape(caplog):
+  q, k, v, slope = _inputs(t=7)
+  la._LOGGED.clear()
+  with caplog.at_level(logging.INFO, logger="m1jax.ops"):
+    for _ in range(2):
+      lightning_attention(q, k, v, slope, impl="auto", block_size=4)
+    q2, k2, v2, _ = _inputs(t=9)
+    lightning_attention(q2, k2, v2, slope, impl="auto", block_size=4)
+  lines = [r.getMessage() for r in caplog.records if r.name == "m1jax.ops"]
+  assert len(lines) == 2, lines
+  assert "impl='auto' -> chunked" in lines[0] and "(1, 7, 2, 64)" in lines[0]
