@@ -118,6 +118,11 @@ def model_config() -> ml_collections.ConfigDict:
   # Lightning operator, forwarded to m1jax.ops.lightning_attention(impl=...); "auto" picks
   # the kernel for the backend.
   model.lightning_impl = "auto"
+  # Softmax attention (m1jax/ops/attention_impl.py): "xla" materialises fp32 [B,H,T,S]
+  # logits (16 GiB per 8K row at 64 heads); "blockwise" is pure-JAX flash attention (any
+  # platform, O(T x block) memory); "cudnn" (GPU) and "splash" (TPU) are the vendor
+  # kernels; "auto" takes splash/cudnn where the call fits them, else blockwise.
+  model.attention_impl = "auto"
   # nn.scan over the repeating layer group, so compile time does not grow with depth.
   model.scan_layers = True
   # Rematerialise each decoder layer in the backward pass (activation memory for FLOPs).
@@ -144,6 +149,10 @@ def train_config() -> ml_collections.ConfigDict:
   t.seq_len = 128
   # Microbatches per step (batch_size must divide); trades memory for time, same loss.
   t.grad_accum_steps = 1
+  # LM head + CE in chunks of this many positions per row (m1jax/chunked_loss.py), so the
+  # [B,T,V] fp32 logits (6.1 GiB per 8K row at V = 200,064) never exist; same loss and
+  # gradients. 0 = the full-logits path.
+  t.loss_chunk_tokens = 1024
   # Steps between console / metrics.jsonl lines.
   t.log_every = 10
   # Steps between evaluations (and at the last step).

@@ -17,6 +17,8 @@ from typing import Any, Mapping
 LINEAR_ATTENTION = 0
 FULL_ATTENTION = 1
 MOE_IMPLS = ("ragged", "dense")
+# Softmax attention implementations (m1jax/ops/attention_impl.py).
+ATTENTION_IMPLS = ("auto", "xla", "blockwise", "cudnn", "splash")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -65,6 +67,9 @@ class ModelConfig:
   lm_head_fp32: bool = True         # LM head matmul in float32 (M1 report §3.2)
   moe_impl: str = "ragged"          # "ragged" (sorted, jax.lax.ragged_dot) or "dense" (reference)
   lightning_impl: str = "auto"      # forwarded to m1jax.ops.lightning_attention(impl=...)
+  # Softmax attention: "xla" (fp32 [B,H,T,S] logits), "blockwise" (pure-JAX flash), "cudnn"
+  # (GPU), "splash" (TPU), "auto" (splash/cudnn where they fit, else blockwise).
+  attention_impl: str = "auto"
   scan_layers: bool = True          # nn.scan over the repeating layer group when periodic
   remat: bool = False               # rematerialise each decoder layer in the backward pass
   # What remat keeps: a jax.checkpoint_policies name (e.g. "dots_with_no_batch_dims_saveable").
@@ -114,6 +119,9 @@ class ModelConfig:
       fail("remat_policy", f"{self.remat_policy!r} is not a jax.checkpoint_policies name")
     if self.moe_impl not in MOE_IMPLS:
       fail("moe_impl", f"unknown {self.moe_impl!r}; expected one of {MOE_IMPLS}")
+    if self.attention_impl not in ATTENTION_IMPLS:
+      fail("attention_impl", f"unknown {self.attention_impl!r}; expected one of "
+           f"{ATTENTION_IMPLS}")
     if self.tie_word_embeddings:
       fail("tie_word_embeddings", "MiniMax-M1 has an untied lm_head; tied embeddings are "
            "not supported")

@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from m1jax.chunked_loss import apply_lm_head
 from m1jax.config import ModelConfig
 from m1jax.layers import params as P
 from m1jax.layers.decoder import HybridStack
@@ -16,10 +17,13 @@ from m1jax.losses import load_balancing_loss
 
 @flax.struct.dataclass
 class CausalLMOutput:
-  """logits [B,T,V] float32; router_stats with a leading [L] axis; aux_loss (unscaled)."""
-  logits: jax.Array
+  """logits [B,T,V] float32; router_stats with a leading [L] axis; aux_loss (unscaled);
+  hidden [B,T,M], the final-normed states, only with return_hidden=True (logits are then
+  None: m1jax.chunked_loss applies the head in chunks)."""
+  logits: Optional[jax.Array]
   router_stats: RouterStats
   aux_loss: jax.Array
+  hidden: Optional[jax.Array] = None
 
 
 class MiniMaxM1ForCausalLM(nn.Module):
@@ -38,6 +42,8 @@ class MiniMaxM1ForCausalLM(nn.Module):
   token_mask_BT marks the real tokens (a suffix of each row), which alone enter the
   lightning states and the KV cache, and default positions continue each row's cached
   length. `last_logits_only` computes the LM head for the last position only (prefill).
+  `return_hidden=True` skips the LM head: the output's `hidden` holds the final-normed
+  states and `logits` is None (training: m1jax.chunked_loss, without [B,T,V] logits).
 
   Packed training rows: segment_ids_BT [B,T] int (each document a contiguous run of one id,
   padding 0, as m1jax.train.data packs them) keeps attention inside documents: softmax
@@ -53,7 +59,7 @@ class MiniMaxM1ForCausalLM(nn.Module):
                token_mask_BT: Optional[jax.Array] = None,
                *, input_embeds_BTM: Optional[jax.Array] = None, cache=None,
                last_logits_only: bool = False,
-               segment_ids_BT: Optional[jax.Array] = None):
+               segment_ids_BT: Optional[jax.Array] = None, return_hidden: bool = False):
     cfg = self.config
     V, M = cfg.vocab_size, cfg.hidden_size
     dtype, pdtype, init = P.compute_dtype(cfg), P.param_dtype(cfg), P.kernel_init(cfg)
@@ -89,13 +95,13 @@ class MiniMaxM1ForCausalLM(nn.Module):
       x = x[:, -1:]
     h = RMSNorm(cfg.rms_norm_eps, param_dtype=pdtype, name="norm")(x)
     w_head = P.logical_param(self, "lm_head", init, (M, V), (P.EMBED, P.VOCAB), pdtype)
-    if cfg.lm_head_fp32:
-      # The M1 report's fix (§3.2): the head matmul itself in float32, so trainer and
-      # sampler agree on log-probabilities.
-      logits = jnp.dot(h.astype(jnp.float32), w_head.astype(jnp.float32),
-                       precision=jax.lax.Precision.HIGHEST)
-    else:
-      logits = jnp.dot(h, w_head.astype(dtype)).astype(jnp.float32)
+    if return_hidden:
+      # The loss applies the head itself, chunk by chunk, never holding [B,T,V] fp32 logits.
+      out = CausalLMOutput(logits=None, router_stats=stats, aux_loss=load_balancing_loss(stats),
+                           hidden=h)
+      return out if cache is None else (out, cache)
+    # float32 when lm_head_fp32 (the M1 report's fix), as the chunked loss computes it.
+    logits = apply_lm_head(h, w_head, cfg)
     out = CausalLMOutput(logits=logits, router_stats=stats, aux_loss=load_balancing_loss(stats))
     return out if cache is None else (out, cache)
 

@@ -9,6 +9,7 @@ from m1jax.config import ModelConfig
 from m1jax.layers import params as P
 from m1jax.layers.cache_info import CacheInfo, key_positions
 from m1jax.layers.rope import apply_partial_rope
+from m1jax.ops import attention_impl
 
 
 def causal_gqa_attention(q_BTHD: jax.Array, k_BSKD: jax.Array, v_BSKD: jax.Array,
@@ -125,14 +126,15 @@ class SoftmaxAttention(nn.Module):
     k = apply_partial_rope(k, positions_BT, cfg.rotary_dim, cfg.rope_theta)
     k_positions_BT = key_positions(positions_BT, token_mask_BT)
     if cache is None:
-      o = causal_gqa_attention(q, k, v, positions_BT, k_positions_BT, segment_ids_BT,
-                               segment_ids_BT)
+      o = attention_impl.attend(cfg.attention_impl, q, k, v, positions_BT, k_positions_BT,
+                                segment_ids_BT, padded=token_mask_BT is not None)
     else:
       # The new k/v round-trip through the cache dtype, as if read back from the cache.
       k, v = k.astype(cache["k"].dtype), v.astype(cache["v"].dtype)
-      o = cached_gqa_attention(q, cache["k"].astype(dtype), cache["v"].astype(dtype),
-                               k.astype(dtype), v.astype(dtype), positions_BT,
-                               cache_info.kv_positions_BS, k_positions_BT)
+      o = attention_impl.attend_cached(cfg.attention_impl, q, cache["k"].astype(dtype),
+                                       cache["v"].astype(dtype), k.astype(dtype),
+                                       v.astype(dtype), positions_BT,
+                                       cache_info.kv_positions_BS, k_positions_BT)
       cache = {"k": k, "v": v}
     y_BTM = jnp.einsum("bthd,hdm->btm", o, wo.astype(dtype))
     return y_BTM, cache

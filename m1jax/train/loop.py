@@ -54,6 +54,10 @@ def _validate(config) -> None:
               "eval_every", "checkpoint_every", "keep_checkpoints"):
     if not isinstance(t[key], int) or t[key] < (0 if key == "num_steps" else 1):
       raise ValueError(f"train.{key} must be a positive int, got {t[key]!r}")
+  if (not isinstance(t.loss_chunk_tokens, int) or isinstance(t.loss_chunk_tokens, bool)
+      or t.loss_chunk_tokens < 0):
+    raise ValueError(f"train.loss_chunk_tokens must be an int >= 0 (0 = full logits), got "
+                     f"{t.loss_chunk_tokens!r}")
   if t.batch_size % t.grad_accum_steps:
     raise ValueError(f"train.batch_size={t.batch_size} is not divisible by "
                      f"train.grad_accum_steps={t.grad_accum_steps}")
@@ -126,7 +130,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         batch = {k: jnp.asarray(v) for k, v in next(data_iter).items()}
         state, metrics = train_step(state, batch, model=model, tx=tx,
                                     accum_steps=t.grad_accum_steps,
-                                    aux_coef=model_config.router_aux_loss_coef)
+                                    aux_coef=model_config.router_aux_loss_coef,
+                                    loss_chunk_tokens=t.loss_chunk_tokens)
         step += 1
         loss = float(metrics["loss"])  # also a sync point, so timings below are real
         if not math.isfinite(loss) or not bool(metrics["params_finite"]):

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from m1jax.chunked_loss import DEFAULT_CHUNK, next_token_loss_sum
 from m1jax.losses import IGNORE_INDEX, next_token_loss
 from m1jax.train.data.pipeline import targets
 
@@ -18,19 +19,31 @@ class TrainState:
   opt_state: Any
 
 
-def _forward(model, params, batch):
-  """Returns (CE summed over targets, number of targets, aux loss) for one (micro)batch."""
+def _forward(model, params, batch, loss_chunk_tokens: int = DEFAULT_CHUNK):
+  """Returns (CE summed over targets, number of targets, aux loss) for one (micro)batch.
+
+  loss_chunk_tokens > 0: the LM head and CE run in chunks of that many positions per row
+  (m1jax.chunked_loss), never holding the [B,T,V] fp32 logits; 0: full logits.
+  """
+  labels = targets(batch)
+  if loss_chunk_tokens:
+    out = model.apply({"params": params}, batch["tokens"], batch["positions"],
+                      segment_ids_BT=batch["segment_ids"], return_hidden=True)
+    ce_sum, count = next_token_loss_sum(out.hidden, params["lm_head"], labels, model.config,
+                                        chunk_tokens=loss_chunk_tokens)
+    return ce_sum, count, out.aux_loss
   out = model.apply({"params": params}, batch["tokens"], batch["positions"],
                     segment_ids_BT=batch["segment_ids"])
-  labels = targets(batch)
   count = jnp.sum(labels[:, 1:] != IGNORE_INDEX)
   ce_sum = next_token_loss(out.logits, labels) * jnp.maximum(count, 1)
   return ce_sum, count, out.aux_loss
 
 
-@functools.partial(jax.jit, static_argnames=("model", "tx", "accum_steps", "aux_coef"))
+@functools.partial(jax.jit, static_argnames=("model", "tx", "accum_steps", "aux_coef",
+                                             "loss_chunk_tokens"))
 def train_step(state: TrainState, batch: dict, *, model, tx, accum_steps: int,
-               aux_coef: float) -> tuple[TrainState, dict]:
+               aux_coef: float,
+               loss_chunk_tokens: int = DEFAULT_CHUNK) -> tuple[TrainState, dict]:
   """One optimizer step over `batch` [B,T], split into `accum_steps` microbatches.
 
   The CE is a mean over every target of the whole batch (microbatches weighted by their
@@ -41,7 +54,7 @@ def train_step(state: TrainState, batch: dict, *, model, tx, accum_steps: int,
   micro = jax.tree.map(lambda x: x.reshape((accum_steps, -1) + x.shape[1:]), batch)
 
   def objective(params, mb):
-    ce_sum, _, aux = _forward(model, params, mb)
+    ce_sum, _, aux = _forward(model, params, mb, loss_chunk_tokens)
     return ce_sum / total + aux_coef * aux / accum_steps, (ce_sum, aux)
 
   grad_fn = jax.grad(objective, has_aux=True)
@@ -69,10 +82,10 @@ def train_step(state: TrainState, batch: dict, *, model, tx, accum_steps: int,
   return TrainState(state.step + 1, params, opt_state), metrics
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
-def eval_step(params, batch: dict, *, model) -> dict:
+@functools.partial(jax.jit, static_argnames=("model", "loss_chunk_tokens"))
+def eval_step(params, batch: dict, *, model, loss_chunk_tokens: int = DEFAULT_CHUNK) -> dict:
   """Summed CE and target count of a packed batch (held-out loss = sum / count)."""
-  ce_sum, count, aux = _forward(model, params, batch)
+  ce_sum, count, aux = _forward(model, params, batch, loss_chunk_tokens)
   return {"ce_sum": ce_sum, "count": count, "aux_loss": aux}
 
 
