@@ -27,8 +27,6 @@ def get_config(arg=None):
   model.num_local_experts = 8
   model.rotary_dim = 32
   model.max_position_embeddings = 1_048_576
-  # float32 master weights: at this size memory is not the limit, precision is.
-  model.param_dtype = "float32"
   # Keep matmul outputs without a batch dim (weights-side), recompute the rest.
   model.remat_policy = "dots_with_no_batch_dims_saveable"
 

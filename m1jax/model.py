@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from m1jax.chunked_loss import apply_lm_head
 from m1jax.config import ModelConfig
-from m1jax.layers import params as P
+from m1jax.layers import params as lp
 from m1jax.layers.decoder import HybridStack
 from m1jax.layers.moe import RouterStats
 from m1jax.layers.norms import RMSNorm
@@ -62,8 +62,8 @@ class MiniMaxM1ForCausalLM(nn.Module):
                segment_ids_BT: Optional[jax.Array] = None, return_hidden: bool = False):
     cfg = self.config
     V, M = cfg.vocab_size, cfg.hidden_size
-    dtype, pdtype, init = P.compute_dtype(cfg), P.param_dtype(cfg), P.kernel_init(cfg)
-    embedding = P.logical_param(self, "embed_tokens", init, (V, M), (P.VOCAB, P.EMBED), pdtype)
+    dtype, pdtype, init = lp.compute_dtype(cfg), lp.param_dtype(cfg), lp.kernel_init(cfg)
+    embedding = lp.logical_param(self, "embed_tokens", init, (V, M), (lp.VOCAB, lp.EMBED), pdtype)
     if (input_ids_BT is None) == (input_embeds_BTM is None):
       raise ValueError("MiniMaxM1ForCausalLM: pass exactly one of input_ids_BT and "
                        "input_embeds_BTM")
@@ -73,6 +73,7 @@ class MiniMaxM1ForCausalLM(nn.Module):
       x = jnp.take(embedding, input_ids_BT, axis=0).astype(dtype)
     else:
       x = input_embeds_BTM.astype(dtype)
+    x = lp.constrain(x, (lp.BATCH, lp.LENGTH, lp.EMBED))
     B, T = x.shape[:2]
     layers = cache_info = None
     if cache is not None:
@@ -93,8 +94,9 @@ class MiniMaxM1ForCausalLM(nn.Module):
       cache = cache.advance(layers, token_mask_BT)
     if last_logits_only:
       x = x[:, -1:]
-    h = RMSNorm(cfg.rms_norm_eps, param_dtype=pdtype, name="norm")(x)
-    w_head = P.logical_param(self, "lm_head", init, (M, V), (P.EMBED, P.VOCAB), pdtype)
+    h = lp.constrain(RMSNorm(cfg.rms_norm_eps, param_dtype=pdtype, name="norm")(x),
+                     (lp.BATCH, lp.LENGTH, lp.EMBED))
+    w_head = lp.logical_param(self, "lm_head", init, (M, V), (lp.EMBED, lp.VOCAB), pdtype)
     if return_hidden:
       # The loss applies the head itself, chunk by chunk, never holding [B,T,V] fp32 logits.
       out = CausalLMOutput(logits=None, router_stats=stats, aux_loss=load_balancing_loss(stats),
@@ -102,6 +104,9 @@ class MiniMaxM1ForCausalLM(nn.Module):
       return out if cache is None else (out, cache)
     # float32 when lm_head_fp32 (the M1 report's fix), as the chunked loss computes it.
     logits = apply_lm_head(h, w_head, cfg)
+    # Batch-sharded logits: the head weight is all-gathered instead of contracting over its
+    # FSDP-sharded embed dim and all-reducing [B,T,V] on every chip.
+    logits = lp.constrain(logits, (lp.BATCH, lp.LENGTH, lp.VOCAB))
     out = CausalLMOutput(logits=logits, router_stats=stats, aux_loss=load_balancing_loss(stats))
     return out if cache is None else (out, cache)
 

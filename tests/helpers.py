@@ -158,7 +158,8 @@ def micro_train_config(**train):
   m.num_hidden_layers = 2
   m.attn_type_list = (0, 1)
   t = config.train
-  t.num_steps, t.batch_size, t.seq_len = 6, 4, 48
+  # 8 rows: the trainer's default mesh puts every device on fsdp (8 fake CPU devices here).
+  t.num_steps, t.batch_size, t.seq_len = 6, 8, 48
   t.log_every, t.eval_every, t.checkpoint_every = 2, 1000, 3
   # No eval unless a test asks: its compile would dominate these tests' time.
   t.eval_batches, t.eval_examples, t.eval_at_start = 0, 0, False

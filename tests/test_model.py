@@ -12,7 +12,7 @@ import pytest
 import m1jax
 from m1jax.config import ModelConfig
 from m1jax.layers import decoder
-from m1jax.layers import params as P
+from m1jax.layers import params as lp
 from m1jax.model import MiniMaxM1ForCausalLM, init_params
 from tests.assertions import assert_close
 from tests.helpers import random_ids, random_params, tiny_config
@@ -256,7 +256,7 @@ def test_lm_head_fp32_switch_is_exact_in_fp32_and_differs_in_bf16():
 
 
 # ------------------------------------------------------------------ logical axes
-PARAM_AXIS_NAMES = {value for name, value in vars(P).items()
+PARAM_AXIS_NAMES = {value for name, value in vars(lp).items()
                     if name.isupper() and isinstance(value, str)}
 
 
@@ -282,7 +282,7 @@ def test_every_parameter_has_logical_axis_names(attn_types, scan):
     assert any(n is not None for n in names), f"{where}: all axes unnamed"
     assert set(names) - {None} <= PARAM_AXIS_NAMES, (where, names)
     in_scan = config.is_scanned and "groups" in where
-    assert (names[0] == P.LAYERS) == in_scan, (where, names)
+    assert (names[0] == lp.LAYERS) == in_scan, (where, names)
   # The same names come out of nn.get_partition_spec, one spec per parameter.
   specs = jax.tree.leaves(nn.get_partition_spec(variables["params"]),
                           is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))

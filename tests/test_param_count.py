@@ -19,7 +19,9 @@ RELEASE_CHECKPOINT_BYTES = 912_210_767_872
 @pytest.fixture(scope="module")
 def release():
   from configs import minimax_m1_456b
-  return ModelConfig.from_dict(minimax_m1_456b.get_config().model.to_dict())
+  # The released checkpoint stores bf16 weights; the trainer config keeps fp32 masters.
+  return ModelConfig.from_dict(minimax_m1_456b.get_config().model.to_dict()).replace(
+      param_dtype="bfloat16")
 
 
 @pytest.fixture(scope="module")

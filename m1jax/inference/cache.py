@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from m1jax.config import FULL_ATTENTION, ModelConfig
-from m1jax.layers import params as P
+from m1jax.layers import params as lp
 from m1jax.layers.cache_info import EMPTY_POSITION, CacheInfo
 
 
@@ -101,7 +101,7 @@ def init_cache(config: ModelConfig, batch_size: int, max_len: int,
   if batch_size < 1 or max_len < 1:
     raise ValueError(f"init_cache: batch_size and max_len must be >= 1; got {batch_size}, "
                      f"{max_len}")
-  kv_dtype = P.compute_dtype(config) if kv_dtype is None else kv_dtype
+  kv_dtype = lp.compute_dtype(config) if kv_dtype is None else kv_dtype
   types, p = config.attn_type_list, config.layer_period
   if config.is_scanned:
     lead = (config.num_hidden_layers // p,)

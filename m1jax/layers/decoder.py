@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from m1jax.config import FULL_ATTENTION, LINEAR_ATTENTION, ModelConfig, lightning_slopes
-from m1jax.layers import params as P
+from m1jax.layers import params as lp
 from m1jax.layers.cache_info import CacheInfo
 from m1jax.layers.lightning_attention import LightningAttention
 from m1jax.layers.moe import SparseMoE
@@ -52,7 +52,10 @@ class DecoderLayer(nn.Module):
                cache_info: Optional[CacheInfo] = None, segment_ids_BT=None):
     """Returns ((x_BTM, stats), new cache entry); see the module docstring."""
     cfg = self.config
-    pdtype = P.param_dtype(cfg)
+    pdtype = lp.param_dtype(cfg)
+    # Layer boundaries (inside the scan too) keep the batch layout: batch over data/fsdp/
+    # expert, length over sequence, features whole.
+    x_BTM = lp.constrain(x_BTM, (lp.BATCH, lp.LENGTH, lp.EMBED))
     h1 = RMSNorm(cfg.rms_norm_eps, param_dtype=pdtype, name="input_layernorm")(x_BTM)
     if self.attn_type == LINEAR_ATTENTION:
       a, cache = LightningAttention(cfg, name="self_attn")(h1, slope_H, token_mask_BT, cache,
@@ -69,7 +72,8 @@ class DecoderLayer(nn.Module):
     h2 = RMSNorm(cfg.rms_norm_eps, param_dtype=pdtype, name="post_attention_layernorm")(x)
     m, stats = SparseMoE(cfg, name="block_sparse_moe")(h2, token_mask_BT)
     out = cfg.layernorm_mlp_alpha * (h2 if cfg.postnorm else x) + cfg.layernorm_mlp_beta * m
-    return (out.astype(x_BTM.dtype), stats), cache
+    out = lp.constrain(out.astype(x_BTM.dtype), (lp.BATCH, lp.LENGTH, lp.EMBED))
+    return (out, stats), cache
 
 
 class LayerGroup(nn.Module):
@@ -146,7 +150,7 @@ def _scanned_groups(parent, cfg, x_BTM, slopes_LH, positions_BT, token_mask_BT, 
       split_rngs={"params": True},
       in_axes=(0, 0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
       length=groups,
-      metadata_params={nn.PARTITION_NAME: P.LAYERS})
+      metadata_params={nn.PARTITION_NAME: lp.LAYERS})
   x_BTM, (stats, new) = scan(
       LayerGroup(cfg, cfg.attn_type_list[:p], name="groups", parent=parent),
       x_BTM, slopes_LH.reshape(groups, p, H), cache, positions_BT, token_mask_BT, cache_info,

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from m1jax import ops
 from m1jax.config import ModelConfig
-from m1jax.layers import params as P
+from m1jax.layers import params as lp
 from m1jax.layers.norms import RMSNorm
 
 
@@ -32,20 +32,21 @@ class LightningAttention(nn.Module):
     """
     cfg = self.config
     M, H, D = cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim
-    dtype, pdtype, init = P.compute_dtype(cfg), P.param_dtype(cfg), P.kernel_init(cfg)
+    dtype, pdtype, init = lp.compute_dtype(cfg), lp.param_dtype(cfg), lp.kernel_init(cfg)
     # The kernel keeps the checkpoint's column order (head, {q,k,v}, dim) intact, so a tensor
     # -parallel split over heads gives every shard whole heads.
-    w_qkv = P.logical_param(self, "qkv_proj", init, (M, H, 3 * D),
-                            (P.EMBED, P.HEADS, P.HEAD_DIM), pdtype)
-    w_gate = P.logical_param(self, "output_gate", init, (M, H, D),
-                             (P.EMBED, P.HEADS, P.HEAD_DIM), pdtype)
-    w_out = P.logical_param(self, "out_proj", init, (H, D, M), (P.HEADS, P.HEAD_DIM, P.EMBED),
-                            pdtype)
+    w_qkv = lp.logical_param(self, "qkv_proj", init, (M, H, 3 * D),
+                             (lp.EMBED, lp.HEADS, lp.HEAD_DIM), pdtype)
+    w_gate = lp.logical_param(self, "output_gate", init, (M, H, D),
+                              (lp.EMBED, lp.HEADS, lp.HEAD_DIM), pdtype)
+    w_out = lp.logical_param(self, "out_proj", init, (H, D, M),
+                             (lp.HEADS, lp.HEAD_DIM, lp.EMBED), pdtype)
     h = h_BTM.astype(dtype)
     # One matmul for q, k and v; the 3 axis is {q, k, v} within each head.
     w_qkv_MH3D = w_qkv.astype(dtype).reshape(M, H, 3, D)
     qkv_BTH3D = jax.nn.silu(jnp.tensordot(h, w_qkv_MH3D, axes=1))
-    q, k, v = (qkv_BTH3D[:, :, :, i] for i in range(3))
+    q, k, v = (lp.constrain(qkv_BTH3D[:, :, :, i], (lp.BATCH, lp.LENGTH, lp.HEADS, lp.HEAD_DIM))
+               for i in range(3))
     if token_mask_BT is not None:
       keep_BT11 = token_mask_BT[:, :, None, None].astype(k.dtype)
       k, v = k * keep_BT11, v * keep_BT11
@@ -60,7 +61,7 @@ class LightningAttention(nn.Module):
       o_BTHD, state = ops.lightning_attention(q, k, v, slope_H, initial_state=cache["state"],
                                               impl=cfg.lightning_impl, block_size=cfg.block_size)
       cache = {"state": state}
-    o_BTHD = RMSNorm(cfg.lightning_norm_eps, axes=(P.HEADS, P.HEAD_DIM), param_dtype=pdtype,
+    o_BTHD = RMSNorm(cfg.lightning_norm_eps, axes=(lp.HEADS, lp.HEAD_DIM), param_dtype=pdtype,
                      name="norm")(o_BTHD)
     gate_BTHD = jax.nn.sigmoid(jnp.einsum("btm,mhd->bthd", h, w_gate.astype(dtype)))
     y_BTM = jnp.einsum("bthd,hdm->btm", gate_BTHD * o_BTHD, w_out.astype(dtype))

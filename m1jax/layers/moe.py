@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from m1jax.config import ModelConfig
-from m1jax.layers import params as P
+from m1jax.layers import params as lp
 
 
 class RouterStats(NamedTuple):
@@ -96,15 +96,17 @@ class SparseMoE(nn.Module):
   def __call__(self, h_BTM: jax.Array, token_mask_BT: jax.Array | None = None):
     cfg = self.config
     M, E, F = cfg.hidden_size, cfg.num_local_experts, cfg.intermediate_size
-    dtype, pdtype, init = P.compute_dtype(cfg), P.param_dtype(cfg), P.kernel_init(cfg)
+    dtype, pdtype, init = lp.compute_dtype(cfg), lp.param_dtype(cfg), lp.kernel_init(cfg)
     # The router stays float32 whatever param_dtype is (stored fp32 in the release, §1).
-    router = P.logical_param(self, "router", init, (M, E), (P.EMBED, None), jnp.float32)
-    w1 = P.logical_param(self, "w1", init, (E, M, F), (P.EXPERTS, P.EMBED, P.MLP), pdtype)
-    w3 = P.logical_param(self, "w3", init, (E, M, F), (P.EXPERTS, P.EMBED, P.MLP), pdtype)
-    w2 = P.logical_param(self, "w2", init, (E, F, M), (P.EXPERTS, P.MLP, P.EMBED), pdtype)
+    router = lp.logical_param(self, "router", init, (M, E), (lp.EMBED, None), jnp.float32)
+    w1 = lp.logical_param(self, "w1", init, (E, M, F), (lp.EXPERTS, lp.EMBED, lp.MLP), pdtype)
+    w3 = lp.logical_param(self, "w3", init, (E, M, F), (lp.EXPERTS, lp.EMBED, lp.MLP), pdtype)
+    w2 = lp.logical_param(self, "w2", init, (E, F, M), (lp.EXPERTS, lp.MLP, lp.EMBED), pdtype)
     B, T, _ = h_BTM.shape
+    h_BTM = lp.constrain(h_BTM, (lp.BATCH, lp.LENGTH, lp.EMBED))
     x_NM = h_BTM.reshape(B * T, M)
     probs_NE, weights_NR, experts_NR = route(x_NM, router, cfg.num_experts_per_tok)
     mask_N = None if token_mask_BT is None else token_mask_BT.reshape(B * T)
     y_NM = _DISPATCH[cfg.moe_impl](x_NM.astype(dtype), w1, w3, w2, weights_NR, experts_NR)
-    return y_NM.reshape(B, T, M), router_stats(probs_NE, experts_NR, mask_N)
+    y_BTM = lp.constrain(y_NM.reshape(B, T, M), (lp.BATCH, lp.LENGTH, lp.EMBED))
+    return y_BTM, router_stats(probs_NE, experts_NR, mask_N)

@@ -5,7 +5,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from m1jax.layers import params as P
+from m1jax.layers import params as lp
 
 
 def rms_normalize(x: jax.Array, eps: float, num_axes: int = 1) -> jax.Array:
@@ -24,14 +24,14 @@ class RMSNorm(nn.Module):
   (heads, head_dim) for the lightning norm that spans all H*D features jointly.
   """
   eps: float
-  axes: Sequence[str] = (P.EMBED,)
+  axes: Sequence[str] = (lp.EMBED,)
   param_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     n = len(self.axes)
-    weight = P.logical_param(self, "scale", nn.initializers.ones, x.shape[-n:], self.axes,
-                             self.param_dtype)
+    weight = lp.logical_param(self, "scale", nn.initializers.ones, x.shape[-n:], self.axes,
+                              self.param_dtype)
     y = rms_normalize(x, self.eps, n).astype(x.dtype)
     weight = weight.reshape((1,) * (x.ndim - n) + weight.shape)  # explicit broadcast
     return weight.astype(x.dtype) * y

@@ -1,12 +1,16 @@
-"""Parameter declaration with logical axis names.
+"""Parameter declaration and activation constraints with logical axis names.
 
 Every parameter is declared through `logical_param`, so it carries logical axes
-(`vocab`, `embed`, `heads`, `kv_heads`, `head_dim`, `experts`, `mlp`, ...); the mesh rules in
+(`vocab`, `embed`, `heads`, `kv_heads`, `head_dim`, `experts`, `mlp`, ...); activations are
+pinned with `constrain` under the same names plus `batch`, `length`, `kv_length`. The rules in
 m1jax.sharding map them to mesh axes. Modules never name mesh axes.
+
+Imported as `lp` ("logical partitioning"): `P` means PartitionSpec everywhere in JAX.
 """
 from typing import Callable, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from m1jax.config import ModelConfig
@@ -20,9 +24,12 @@ HEAD_DIM = "head_dim"
 EXPERTS = "experts"
 MLP = "mlp"
 LAYERS = "layers"  # the stacked (scanned) layer-group axis
-# Activation axes, for sharding constraints.
+# Activation axes, for sharding constraints (activations also use the names above).
 BATCH = "batch"
 LENGTH = "length"
+# The key/value sequence axis of softmax attention: never sharded, so under sequence
+# parallelism every query shard sees all keys (XLA all-gathers K/V along `sequence`).
+KV_LENGTH = "kv_length"
 
 
 def param_dtype(config: ModelConfig) -> jnp.dtype:
@@ -44,3 +51,16 @@ def logical_param(module: nn.Module, name: str, init: Callable, shape: Sequence[
     raise ValueError(f"{name}: shape {tuple(shape)} and axes {tuple(axes)} differ in rank")
   return module.param(name, nn.with_logical_partitioning(init, tuple(axes)), tuple(shape),
                       dtype)
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+  """Pins activation `x` to the layout its logical `axes` map to under the active rules.
+
+  A no-op outside `nn.logical_axis_rules` (single device, inference). Without these, XLA is
+  free to choose activation layouts from the weights' FSDP sharding, e.g. to contract the
+  lm_head over its sharded embed dim and all-reduce full [B,T,V] logits on every chip.
+  """
+  if x.ndim != len(axes):
+    raise ValueError(f"constrain: array of shape {x.shape} and axes {tuple(axes)} differ in "
+                     "rank")
+  return nn.with_logical_constraint(x, tuple(axes))

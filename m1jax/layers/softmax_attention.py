@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from m1jax.config import ModelConfig
-from m1jax.layers import params as P
+from m1jax.layers import params as lp
 from m1jax.layers.cache_info import CacheInfo, key_positions
 from m1jax.layers.rope import apply_partial_rope
 from m1jax.ops import attention_impl
@@ -111,19 +111,26 @@ class SoftmaxAttention(nn.Module):
     """
     cfg = self.config
     M, H, K, D = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-    dtype, pdtype, init = P.compute_dtype(cfg), P.param_dtype(cfg), P.kernel_init(cfg)
-    wq = P.logical_param(self, "q_proj", init, (M, H, D), (P.EMBED, P.HEADS, P.HEAD_DIM), pdtype)
-    wk = P.logical_param(self, "k_proj", init, (M, K, D), (P.EMBED, P.KV_HEADS, P.HEAD_DIM),
-                         pdtype)
-    wv = P.logical_param(self, "v_proj", init, (M, K, D), (P.EMBED, P.KV_HEADS, P.HEAD_DIM),
-                         pdtype)
-    wo = P.logical_param(self, "o_proj", init, (H, D, M), (P.HEADS, P.HEAD_DIM, P.EMBED), pdtype)
+    dtype, pdtype, init = lp.compute_dtype(cfg), lp.param_dtype(cfg), lp.kernel_init(cfg)
+    wq = lp.logical_param(self, "q_proj", init, (M, H, D), (lp.EMBED, lp.HEADS, lp.HEAD_DIM),
+                          pdtype)
+    wk = lp.logical_param(self, "k_proj", init, (M, K, D), (lp.EMBED, lp.KV_HEADS, lp.HEAD_DIM),
+                          pdtype)
+    wv = lp.logical_param(self, "v_proj", init, (M, K, D), (lp.EMBED, lp.KV_HEADS, lp.HEAD_DIM),
+                          pdtype)
+    wo = lp.logical_param(self, "o_proj", init, (H, D, M), (lp.HEADS, lp.HEAD_DIM, lp.EMBED),
+                          pdtype)
     h = h_BTM.astype(dtype)
     q = jnp.einsum("btm,mhd->bthd", h, wq.astype(dtype))
     k = jnp.einsum("btm,mkd->btkd", h, wk.astype(dtype))
     v = jnp.einsum("btm,mkd->btkd", h, wv.astype(dtype))
     q = apply_partial_rope(q, positions_BT, cfg.rotary_dim, cfg.rope_theta)
     k = apply_partial_rope(k, positions_BT, cfg.rotary_dim, cfg.rope_theta)
+    # Heads over tensor; keys and values whole along the sequence (kv_length), so under
+    # sequence parallelism each query shard reads all keys (an all-gather of K/V).
+    q = lp.constrain(q, (lp.BATCH, lp.LENGTH, lp.HEADS, lp.HEAD_DIM))
+    k = lp.constrain(k, (lp.BATCH, lp.KV_LENGTH, lp.KV_HEADS, lp.HEAD_DIM))
+    v = lp.constrain(v, (lp.BATCH, lp.KV_LENGTH, lp.KV_HEADS, lp.HEAD_DIM))
     k_positions_BT = key_positions(positions_BT, token_mask_BT)
     if cache is None:
       o = attention_impl.attend(cfg.attention_impl, q, k, v, positions_BT, k_positions_BT,

@@ -3,12 +3,19 @@
 Orbax writes each step into a temporary directory and renames it when complete, so a kill -9
 at any moment leaves the previous steps intact and the partial one is ignored (and cleaned)
 on the next start. Saves are asynchronous; `wait` blocks until they are on disk.
+
+On a mesh every process writes the shards it owns, and a restore reads each array straight
+into the shardings of the target it is given: another mesh, or one device. The data
+iterator state is per process (grain's handler: one file per process).
 """
 import os
 from typing import Any, Optional
 
+import grain
 import jax
 import orbax.checkpoint as ocp
+
+from m1jax import sharding
 
 # Sections whose change makes a checkpoint unusable (param shapes, token ids).
 _COMPATIBILITY_KEYS = ("model", "data.tokenizer")
@@ -49,10 +56,12 @@ class Checkpointer:
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
 
-  def save(self, step: int, state: Any, data_state: dict, config: dict) -> None:
+  def save(self, step: int, state: Any, data_iter: Any, config: dict) -> None:
+    """Saves `state` (each process its shards), this process's position of `data_iter` (a
+    grain DatasetIterator) and the config."""
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state, save_args=_save_args(state)),
-        data=ocp.args.JsonSave(data_state),
+        data=grain.checkpoint.CheckpointSave(data_iter),
         config=ocp.args.JsonSave(config)), force=True)
 
   def check_compatible(self, step: int, config: dict) -> None:
@@ -70,12 +79,51 @@ class Checkpointer:
                        f"incompatible config ({lines}). Use a fresh --workdir, or the "
                        "checkpoint's config.")
 
-  def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
-    """(state, data iterator state) of `step`; arrays take abstract_state's shapes/dtypes."""
+  def restore(self, step: int, abstract_state: Any, data_iter: Any = None) -> Any:
+    """The state of `step`, each array in abstract_state's shape, dtype and sharding (the
+    saved mesh does not matter); `data_iter`, if given, is moved to this process's saved
+    position.
+
+    Raises ValueError naming the leaf, the shapes and the target mesh when the checkpoint
+    does not fit the target.
+    """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+    self._check_shapes(step, abstract)
+    items = {"state": ocp.args.StandardRestore(abstract)}
+    if data_iter is not None:
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+    return self.manager.restore(step, args=ocp.args.Composite(**items)).state
+
+  def restore_params(self, step: int, abstract_params: Any) -> Any:
+    """Only the params subtree of `step` (Adam moments are never read), in
+    abstract_params' shapes, dtypes and shardings."""
+    abstract = {"params": jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_params)}
+    self._check_shapes(step, abstract)
+    # PyTreeRestore (partial restores) takes the target shardings from restore_args only.
     restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
-    return restored.state, restored.data
+        state=ocp.args.PyTreeRestore(
+            abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+            partial_restore=True)))
+    return restored.state["params"]
+
+  def _check_shapes(self, step: int, abstract: Any) -> None:
+    # Read directly: a fresh manager knows no handler for the item yet, so its
+    # item_metadata is None until something was restored.
+    metadata = ocp.PyTreeCheckpointer().metadata(os.path.join(self.directory, str(step),
+                                                              "state"))
+    saved = getattr(metadata, "item_metadata", metadata)
+    saved = getattr(saved, "tree", saved)
+    flat_saved = {_path_key(p): m for p, m in jax.tree_util.tree_flatten_with_path(saved)[0]}
+    for path, want in jax.tree_util.tree_flatten_with_path(abstract)[0]:
+      key = _path_key(path)
+      have = flat_saved.get(key)
+      shape = getattr(have, "shape", None)
+      if shape is not None and tuple(shape) != tuple(want.shape):
+        mesh = getattr(getattr(want, "sharding", None), "mesh", None)
+        where = f"mesh {sharding.describe(mesh)}" if mesh is not None else "the target"
+        raise ValueError(f"{self.directory}/{step}: {key} was saved with shape "
+                         f"{tuple(shape)}, but {where} expects {tuple(want.shape)}; restore "
+                         "with the checkpoint's model config")
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
@@ -85,6 +133,18 @@ class Checkpointer:
     self.manager.close()
 
 
+def _path_key(path) -> str:
+  """"params/embed_tokens" whether the tree is the TrainState dataclass (attribute keys) or
+  the dict Orbax's metadata holds (dict keys)."""
+  parts = []
+  for k in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(k, attr):
+        parts.append(str(getattr(k, attr)))
+        break
+  return "/".join(parts)
+
+
 def _save_args(state: Any) -> Any:
   def args(path, leaf):
     scanned = any(getattr(k, "key", None) == "groups" for k in path) and jax.numpy.ndim(leaf)
@@ -92,16 +152,15 @@ def _save_args(state: Any) -> Any:
   return jax.tree_util.tree_map_with_path(args, state)
 
 
-def restore_trained_params(workdir: str, step: Optional[int] = None):
+def restore_trained_params(workdir: str, step: Optional[int] = None, mesh=None):
   """(config ConfigDict, model, params) from a trainer workdir's checkpoint (latest by
-  default), for sampling or export. The optimizer state is restored too (Orbax restores the
-  saved tree whole) and dropped."""
-  # Imported here: the training loop imports this module.
+  default), for sampling or export. Reads the params only, never the optimizer state; onto
+  `mesh` (sharded by the logical-axis rules) or, by default, onto the first device."""
+  import flax.linen as nn
+  import jax.numpy as jnp
   import ml_collections
   from m1jax.config import ModelConfig
   from m1jax.model import MiniMaxM1ForCausalLM
-  from m1jax.train.loop import _init_state
-  from m1jax.train.optimizer import make_optimizer
   directory = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"no trainer checkpoints under {workdir!r} (expected "
@@ -116,8 +175,17 @@ def restore_trained_params(workdir: str, step: Optional[int] = None):
         config=ocp.args.JsonRestore())).config
     config = ml_collections.ConfigDict(saved)
     model = MiniMaxM1ForCausalLM(ModelConfig.from_dict(config.model.to_dict()))
-    tx, _ = make_optimizer(config.optimizer, config.train.num_steps)
-    state, _ = ckpt.restore(step, jax.eval_shape(lambda: _init_state(model, tx, 0)))
+    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0),
+                                              jnp.zeros((1, 8), jnp.int32))["params"])
+    abstract = nn.meta.unbox(boxed)
+    if mesh is None:
+      one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+      targets = jax.tree.map(lambda _: one, abstract)
+    else:
+      targets = sharding.logical_shardings(abstract, nn.get_partition_spec(boxed), mesh)
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            abstract, targets)
+    params = ckpt.restore_params(step, abstract)
   finally:
     ckpt.close()
-  return config, model, state.params
+  return config, model, params

@@ -12,11 +12,12 @@ import threading
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
+from m1jax import sharding
 from m1jax.config import ModelConfig
-from m1jax.model import MiniMaxM1ForCausalLM, init_params
+from m1jax.model import MiniMaxM1ForCausalLM
 from m1jax.train.checkpointing import Checkpointer
 from m1jax.train.data import make_tokenizer, packed_dataset
 from m1jax.train.evaluate import evaluate
@@ -24,7 +25,9 @@ from m1jax.train.init_from import load_init_params
 from m1jax.train.metrics import MetricsWriter, flops_per_token
 from m1jax.train.optimizer import make_optimizer
 from m1jax.train.plot import plot_curves
-from m1jax.train.step import TrainState, train_step
+from m1jax.train.state import (abstract_train_state, init_train_state, state_shardings,
+                               train_state_from_params)
+from m1jax.train.step import batch_sharding, check_batch, make_train_step
 
 
 class _Preemption:
@@ -63,9 +66,25 @@ def _validate(config) -> None:
                      f"train.grad_accum_steps={t.grad_accum_steps}")
 
 
-def _init_state(model, tx, seed: int) -> TrainState:
-  params = init_params(model, jax.random.key(seed))
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+def _data_slices(config) -> tuple[int, list[int]]:
+  """(slices in the global batch, the slices this process reads); see packed_dataset."""
+  count, index = jax.process_count(), jax.process_index()
+  slices = config.data.get("slices", 0) or count
+  t = config.train
+  if slices % count or t.batch_size % slices:
+    raise ValueError(f"data.slices={slices} must be a multiple of the {count} processes and "
+                     f"divide train.batch_size={t.batch_size}")
+  per_process = slices // count
+  return slices, list(range(index * per_process, (index + 1) * per_process))
+
+
+def global_batch(local: dict, mesh) -> dict:
+  """This process's rows -> global [B,T] arrays split over the mesh's batch axes (each
+  process holds the rows its devices own; with one process, all of them)."""
+  target = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(
+      target, np.asarray(v), (v.shape[0] * jax.process_count(),) + v.shape[1:])
+          for k, v in local.items()}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -83,31 +102,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   model = MiniMaxM1ForCausalLM(model_config)
   tx, schedule = make_optimizer(config.optimizer, t.num_steps)
   config_dict = config.to_dict()
+  mesh = sharding.make_mesh(config.get("mesh", "fsdp=-1"))
+  check_batch(mesh, t.batch_size, t.seq_len, t.grad_accum_steps)
+  shardings = state_shardings(model, tx, mesh)
 
   os.makedirs(workdir, exist_ok=True)
   ckpt = Checkpointer(workdir, t.keep_checkpoints, t.async_checkpointing)
+  num_slices, slices = _data_slices(config)
   dataset = packed_dataset(config.data, tokenizer, seq_len=t.seq_len,
-                           batch_size=t.batch_size, seed=t.seed, split=0)
+                           batch_size=t.batch_size, seed=t.seed, split=0,
+                           num_slices=num_slices, slices=slices)
   data_iter = iter(dataset)
   start = ckpt.latest_step()
   # A workdir's own checkpoint wins over init_from: rerunning a run that started from
   # converted weights resumes it rather than starting over.
   init_from = t.get("init_from", "") if start is None else ""
-  if init_from:
-    params = load_init_params(init_from, model_config)
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                       opt_state=tx.init(params))
-    print(f"Initialised params from {init_from} (fresh optimizer state)", flush=True)
-  else:
-    state = _init_state(model, tx, t.seed)
   if start is not None:
     ckpt.check_compatible(start, config_dict)
-    state, data_state = ckpt.restore(start, state)
-    data_iter.set_state(data_state)
+    # Restored straight into this mesh's shards, whatever mesh wrote the checkpoint.
+    state = ckpt.restore(start, abstract_train_state(model, tx, mesh, shardings), data_iter)
     print(f"Resumed from {ckpt.directory}/{start}", flush=True)
+  elif init_from:
+    params = load_init_params(init_from, model_config)
+    state = train_state_from_params(params, tx, mesh, shardings)
+    print(f"Initialised params from {init_from} (fresh optimizer state)", flush=True)
+  else:
+    state = init_train_state(model, tx, jax.random.key(t.seed), mesh, shardings)
+  train_step = make_train_step(model, tx, mesh, shardings, accum_steps=t.grad_accum_steps,
+                               aux_coef=model_config.router_aux_loss_coef,
+                               loss_chunk_tokens=t.loss_chunk_tokens)
+  print(f"mesh {sharding.describe(mesh)} over {jax.device_count()} devices, "
+        f"{jax.process_count()} process(es)", flush=True)
   step = int(state.step)
 
-  writer = MetricsWriter(workdir, t.tensorboard)
+  # Every process computes the same (replicated) metrics; the first writes them to the
+  # workdir, the others under <workdir>/process_<i>/ so no file has two writers.
+  primary = jax.process_index() == 0
+  writer = MetricsWriter(workdir if primary else os.path.join(workdir, f"process_"
+                                                              f"{jax.process_index()}"),
+                         t.tensorboard and primary)
   flops = flops_per_token(model_config, t.seq_len)
   peak = t.peak_flops_per_device * jax.device_count()
   summary = {"workdir": workdir, "start_step": step, "preempted": False}
@@ -127,11 +160,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   try:
     with _Preemption() as preemption:
       while step < t.num_steps:
-        batch = {k: jnp.asarray(v) for k, v in next(data_iter).items()}
-        state, metrics = train_step(state, batch, model=model, tx=tx,
-                                    accum_steps=t.grad_accum_steps,
-                                    aux_coef=model_config.router_aux_loss_coef,
-                                    loss_chunk_tokens=t.loss_chunk_tokens)
+        state, metrics = train_step(state, global_batch(next(data_iter), mesh))
         step += 1
         loss = float(metrics["loss"])  # also a sync point, so timings below are real
         if not math.isfinite(loss) or not bool(metrics["params_finite"]):
@@ -155,7 +184,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if step % t.eval_every == 0 or step == t.num_steps:
           run_eval(step)
         if step % t.checkpoint_every == 0 or step == t.num_steps or preemption.requested:
-          ckpt.save(step, state, data_iter.get_state(), config_dict)
+          ckpt.save(step, state, data_iter, config_dict)
           last_saved = step
         if preemption.requested:
           print(f"SIGTERM: saved step {step}; exiting.", flush=True)
@@ -165,6 +194,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ckpt.close()
     writer.close()
   summary.update(step=step, last_checkpoint=last_saved)
-  if t.plot:
+  if t.plot and primary:
     summary["plot"] = plot_curves(workdir)
   return summary

@@ -31,21 +31,9 @@ def decay_mask(params):
   return jax.tree_util.tree_map_with_path(decays, params)
 
 
-_CACHE: dict = {}
-
-
 def make_optimizer(opt_config, num_steps: int) -> tuple[optax.GradientTransformation,
                                                           optax.Schedule]:
-  """(tx, schedule). Equal settings return the same objects: tx is a static argument of the
-  jitted step, so a resumed or repeated run in one process reuses the compiled step."""
-  key = (tuple(sorted(opt_config.to_dict().items())),
-         num_steps if opt_config.schedule != "constant" else None)
-  if key not in _CACHE:
-    _CACHE[key] = _make_optimizer(opt_config, num_steps)
-  return _CACHE[key]
-
-
-def _make_optimizer(opt_config, num_steps):
+  """(tx, schedule)."""
   schedule = learning_rate_schedule(opt_config, num_steps)
   parts = []
   if opt_config.grad_clip_norm > 0:

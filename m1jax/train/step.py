@@ -1,22 +1,24 @@
-"""The jitted train and eval steps: loss = CE + router_aux_coef * aux, grad accumulation."""
-import functools
-from typing import Any
+"""The train and eval steps: loss = CE + router_aux_coef * aux, grad accumulation.
 
-import flax
+`make_train_step` jits `train_step` for a mesh: state in and out in its shardings (and
+donated), the batch split over the mesh's batch axes, activation constraints active.
+"""
+import functools
+
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from m1jax import sharding
+from m1jax.layers import params as lp
 from m1jax.chunked_loss import DEFAULT_CHUNK, next_token_loss_sum
 from m1jax.losses import IGNORE_INDEX, next_token_loss
 from m1jax.train.data.pipeline import targets
+from m1jax.train.state import TrainState
 
-
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array
-  params: Any
-  opt_state: Any
+__all__ = ["TrainState", "batch_sharding", "check_batch", "eval_step", "make_train_step",
+           "predict_step", "train_step"]
 
 
 def _forward(model, params, batch, loss_chunk_tokens: int = DEFAULT_CHUNK):
@@ -39,21 +41,24 @@ def _forward(model, params, batch, loss_chunk_tokens: int = DEFAULT_CHUNK):
   return ce_sum, count, out.aux_loss
 
 
-@functools.partial(jax.jit, static_argnames=("model", "tx", "accum_steps", "aux_coef",
-                                             "loss_chunk_tokens"))
 def train_step(state: TrainState, batch: dict, *, model, tx, accum_steps: int,
                aux_coef: float,
                loss_chunk_tokens: int = DEFAULT_CHUNK) -> tuple[TrainState, dict]:
-  """One optimizer step over `batch` [B,T], split into `accum_steps` microbatches.
+  """One optimizer step over `batch` [B,T], split into `accum_steps` microbatches (not
+  jitted: `make_train_step` jits it for a mesh).
 
-  The CE is a mean over every target of the whole batch (microbatches weighted by their
-  target counts), so accumulation changes memory, not the loss; the aux loss is the mean of
-  the microbatches' aux losses.
+  Microbatch i holds rows i, i + accum_steps, ...: each device's contiguous block of rows
+  then splits evenly into the microbatches, so no microbatch needs rows moved between
+  devices. The CE is a mean over every target of the whole batch (microbatches weighted by
+  their target counts), so accumulation changes memory, not the loss; the aux loss is the
+  mean of the microbatches' aux losses.
   """
   total = jnp.maximum(jnp.sum(targets(batch)[:, 1:] != IGNORE_INDEX), 1)
-  micro = jax.tree.map(lambda x: x.reshape((accum_steps, -1) + x.shape[1:]), batch)
+  micro = jax.tree.map(
+      lambda x: x.reshape((-1, accum_steps) + x.shape[1:]).swapaxes(0, 1), batch)
 
   def objective(params, mb):
+    mb = {k: lp.constrain(v, (lp.BATCH, lp.LENGTH)) for k, v in mb.items()}
     ce_sum, _, aux = _forward(model, params, mb, loss_chunk_tokens)
     return ce_sum / total + aux_coef * aux / accum_steps, (ce_sum, aux)
 
@@ -80,6 +85,45 @@ def train_step(state: TrainState, batch: dict, *, model, tx, accum_steps: int,
              "params_finite": jnp.all(jnp.asarray(
                  [jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))}
   return TrainState(state.step + 1, params, opt_state), metrics
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Where a [B,T] data array lives: rows over the batch axes, tokens over `sequence`."""
+  return sharding.activation_sharding(mesh, (lp.BATCH, lp.LENGTH))
+
+
+def check_batch(mesh: Mesh, batch_size: int, seq_len: int, accum_steps: int) -> None:
+  """Raises ValueError, naming the mesh, unless every microbatch splits over the mesh."""
+  rows = batch_size // accum_steps
+  spec = batch_sharding(mesh).spec
+  sharding.check_divisible((rows, seq_len), spec, mesh,
+                           f"a microbatch (train.batch_size={batch_size} / "
+                           f"train.grad_accum_steps={accum_steps} rows x train.seq_len)",
+                           ("batch", "length"))
+
+
+def make_train_step(model, tx, mesh: Mesh, state_shardings: TrainState, *, accum_steps: int,
+                    aux_coef: float, loss_chunk_tokens: int = DEFAULT_CHUNK):
+  """`step(state, batch) -> (state, metrics)`: train_step jitted for `mesh`.
+
+  The state enters and leaves in `state_shardings` and is donated (its buffers are reused
+  for the new state: do not touch the old one after the call); the batch is split over the
+  batch axes; metrics come back replicated. Tracing happens under the mesh and the logical
+  rules, so the model's activation constraints apply.
+  """
+  step_fn = functools.partial(train_step, model=model, tx=tx, accum_steps=accum_steps,
+                              loss_chunk_tokens=loss_chunk_tokens,
+                              aux_coef=aux_coef)
+  jitted = jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding(mesh)),
+                   out_shardings=(state_shardings, NamedSharding(mesh, PartitionSpec())),
+                   donate_argnums=0)
+
+  def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    with sharding.use_mesh(mesh):
+      return jitted(state, batch)
+
+  step.jitted = jitted  # for .lower(...) (ahead-of-time compiles, memory analysis)
+  return step
 
 
 @functools.partial(jax.jit, static_argnames=("model", "loss_chunk_tokens"))

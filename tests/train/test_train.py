@@ -1,4 +1,6 @@
 """The training run: overfitting, exact resume, NaN guard, bad input, flag overrides."""
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,23 +8,27 @@ import pytest
 from absl import flags
 
 from m1jax import MiniMaxM1ForCausalLM, ModelConfig, config_overrides
+from m1jax.sharding import make_mesh
 from m1jax.train import train_and_evaluate
 from m1jax.train.checkpointing import Checkpointer
 from m1jax.train.data import ByteTokenizer, packed_dataset
-from m1jax.train.loop import _init_state
 from m1jax.train.optimizer import make_optimizer
-from m1jax.train.step import train_step
+from m1jax.train.state import abstract_train_state, init_train_state, state_shardings
+from m1jax.train.step import make_train_step
 from tests.helpers import micro_train_config as micro_config
 
 
 def _final_state(config, workdir):
-  """The newest checkpoint's train state."""
+  """The newest checkpoint's train state (on one device) and its data iterator state."""
   model = MiniMaxM1ForCausalLM(ModelConfig.from_dict(config.model.to_dict()))
   tx, _ = make_optimizer(config.optimizer, config.train.num_steps)
-  abstract = jax.eval_shape(lambda: _init_state(model, tx, 0))
+  abstract = abstract_train_state(model, tx, make_mesh("fsdp=1", jax.devices()[:1]))
   ckpt = Checkpointer(workdir, 3)
-  state, data_state = ckpt.restore(ckpt.latest_step(), abstract)
+  step = ckpt.latest_step()
+  state = ckpt.restore(step, abstract)
   ckpt.close()
+  data_state = (pathlib.Path(workdir) / "checkpoints" / str(step) / "data" /
+                "process_0-of-1.json").read_text()
   return state, data_state
 
 
@@ -36,11 +42,13 @@ def test_overfits_one_batch():
   batch = next(iter(packed_dataset(config.data, ByteTokenizer(), seq_len=t.seq_len,
                                    batch_size=t.batch_size, seed=0, split=0)))
   batch = {k: jnp.asarray(v) for k, v in batch.items()}
-  state = _init_state(model, tx, 0)
+  mesh = make_mesh("fsdp=1", jax.devices()[:1])
+  shardings = state_shardings(model, tx, mesh)
+  state = init_train_state(model, tx, jax.random.key(0), mesh, shardings)
+  train_step = make_train_step(model, tx, mesh, shardings, accum_steps=2, aux_coef=0.001)
   losses = []
   for _ in range(50):
-    state, metrics = train_step(state, batch, model=model, tx=tx, accum_steps=2,
-                                aux_coef=0.001)
+    state, metrics = train_step(state, batch)
     losses.append(float(metrics["ce_loss"]))
   assert losses[-1] < losses[0] / 6, losses[::10]
 

@@ -34,14 +34,37 @@ def encode_document(doc: dict, tokenizer, seq_len: int) -> dict:
 
 
 def packed_dataset(data_config, tokenizer, *, seq_len: int, batch_size: int, seed: int,
-                   split: int) -> grain.IterDataset:
-  """The infinite, deterministic stream of packed [batch_size, seq_len] batches."""
+                   split: int, num_slices: int = 1, slices=None) -> grain.IterDataset:
+  """The infinite, deterministic stream of packed [batch_size, seq_len] batches.
+
+  Many hosts: the stream is `num_slices` independent slices (slice s holds documents
+  s, s + num_slices, ..., grain's shard options), each packed into batch_size / num_slices
+  rows; a global batch is the slices' rows in slice order. `slices` (default: all) are the
+  ones this reader produces, so each process reads and packs only its own documents and
+  yields its rows of the global batch. The global stream depends on num_slices, never on
+  how many processes read it.
+  """
+  if batch_size % num_slices:
+    raise ValueError(f"batch_size={batch_size} is not divisible by num_slices={num_slices}")
+  slices = list(range(num_slices)) if slices is None else list(slices)
   docs = documents(data_config, seed, split)
+  parts = [_packed_slice(docs, tokenizer, seq_len, batch_size // num_slices, s, num_slices)
+           for s in slices]
+  if len(parts) == 1:
+    return parts[0]
+  # One iterator (one checkpointable state) over this reader's slices, rows concatenated.
+  return grain.experimental.ZipIterDataset(parts).map(
+      lambda batches: {k: np.concatenate([b[k] for b in batches]) for k in batches[0]})
+
+
+def _packed_slice(docs, tokenizer, seq_len: int, rows: int, index: int, count: int):
+  if count > 1:
+    docs = docs.slice(slice(index, None, count))
   encoded = docs.map(lambda d: encode_document(d, tokenizer, seq_len))
   packed = grain.experimental.FirstFitPackIterDataset(
       encoded.to_iter_dataset(), length_struct={"tokens": seq_len, "loss_mask": seq_len},
       num_packing_bins=_PACKING_BINS, shuffle_bins=False)
-  return packed.map(_rename).batch(batch_size, drop_remainder=True)
+  return packed.map(_rename).batch(rows, drop_remainder=True)
 
 
 def _rename(row: dict) -> dict:
