@@ -26,7 +26,7 @@ from m1jax.config import ModelConfig
 from m1jax.hf import converted, keys
 from m1jax.hf.importing import Source, param_dtype, plan_import, read_hf_config, read_param
 from m1jax.hf.outputs import check_output_dir, publish, read_json, write_json
-from m1jax.hf.progress import Progress
+from m1jax.hf.progress import Progress, release_free_memory
 from m1jax.hf.safetensors_io import inventory
 
 PROGRESS_FILE = "conversion.json"
@@ -94,8 +94,10 @@ def convert_hf_to_orbax(hf_dir: str, out_dir: str, *, overwrite: bool = False,
         value = jax.device_put(value, shardings(param, value.shape))
       tree[param.path] = value
       bar.advance(len(sources[param].tensors), sources[param].nbytes)
-    converted.save_item(staging, item.name, converted.nest(tree), record)
-    del tree
+    converted.save_item(staging, item.name, converted.nest(tree), record,
+                        split_first_axis=any(p.rule.per_expert for p in item.params))
+    del tree, value
+    release_free_memory()
     if after_item is not None:
       after_item(item.name)
   bar.close()

@@ -43,7 +43,7 @@ CHUNK_BYTES = 64 << 20
 # ModelConfig fields a loader may choose freely: precision, implementation, training knobs.
 # Every other field changes the function the weights compute, so it must match.
 FREE_FIELDS = ("dtype", "param_dtype", "lm_head_fp32", "moe_impl", "lightning_impl",
-               "scan_layers", "remat", "remat_policy", "block_size", "router_aux_loss_coef",
+               "attention_impl", "scan_layers", "remat", "remat_policy", "block_size", "router_aux_loss_coef",
                "initializer_range", "max_position_embeddings")
 
 
@@ -109,10 +109,16 @@ def _checkpointer() -> ocp.Checkpointer:
       type_handler_registry=registry, use_ocdbt=False, use_zarr3=True))
 
 
-def save_item(directory: str, name: str, tree: dict, record: dict) -> None:
-  """Writes one item (Orbax commits it atomically), then its done-record."""
+def save_item(directory: str, name: str, tree: dict, record: dict,
+              split_first_axis: bool = False) -> None:
+  """Writes one item (Orbax commits it atomically), then its done-record.
+
+  split_first_axis: chunk along axis 0 first (stacked experts: one expert's slice can then
+  be read without decoding the others')."""
   path = os.path.join(directory, ITEMS, name)
-  save_args = jax.tree.map(lambda _: ocp.SaveArgs(chunk_byte_size=CHUNK_BYTES), tree)
+  axes = (0,) if split_first_axis else ()
+  save_args = jax.tree.map(lambda _: ocp.SaveArgs(chunk_byte_size=CHUNK_BYTES,
+                                                  shard_axes=axes), tree)
   checkpointer = _checkpointer()
   try:
     checkpointer.save(path, args=ocp.args.PyTreeSave(tree, save_args=save_args))
@@ -268,14 +274,17 @@ def _drop_leading_axis(sharding):
 
 
 class ConvertedSource:
-  """Export source (m1jax.hf.exporting.ParamSource) over a converted checkpoint: restores one
-  item at a time and keeps only the last one."""
+  """Export source (m1jax.hf.exporting.ParamSource) over a converted checkpoint: whole small
+  params through Orbax (one item kept at a time), slices (one expert, a block of the head's
+  rows) through TensorStore, so a layer's stacked experts are never read whole."""
 
   def __init__(self, path: str):
     self.path = path
     self.manifest = read_manifest(path)
     self.config = ModelConfig.from_dict(self.manifest["model"])
     self._name, self._tree = None, None
+    self._context = type_handlers.get_ts_context(use_ocdbt=False)
+    self._open = {}
 
   def get(self, param: keys.Param) -> np.ndarray:
     name = item_name(param)
@@ -283,6 +292,19 @@ class ConvertedSource:
       self._tree = None  # drop the previous item before reading the next
       self._tree, self._name = restore_item(self.path, name), name
     return _leaf(self._tree, param.path)
+
+  def get_slice(self, param: keys.Param, index: tuple) -> np.ndarray:
+    import tensorstore as ts
+    from etils import epath
+    where = (item_name(param), ".".join(param.path))
+    if where not in self._open:
+      self._open.clear()  # one array open at a time
+      info = type_handlers.ParamInfo(
+          name=where[1], parent_dir=epath.Path(self.path) / ITEMS / where[0], use_zarr3=True,
+          ts_context=self._context)
+      spec = type_handlers.get_json_tspec_read(info, use_ocdbt=False)
+      self._open[where] = ts.open(spec, open=True, context=self._context).result()
+    return np.asarray(self._open[where][index].read().result())
 
 
 def copy_sidecar_files(src: str, dst: str) -> None:

@@ -2,12 +2,14 @@
 
 `write_hf_checkpoint` pulls one param at a time from a source (in-memory params, a converted
 Orbax checkpoint, a trainer checkpoint) and streams its tensors into shards planned up
-front, so the working set is one param (e.g. one layer's stacked [E, M, F] experts) plus one
-expert's transposed copy; other transposes go in 64 MB row blocks. Everything is written into a staging directory that is renamed
+front. Sources that read slices (checkpoints on disk) are read one expert, or one 64 MB row
+block of the head/embedding, at a time, so the working set does not grow with the model;
+in-memory params are sliced the same way. Everything is written into a staging directory that is renamed
 into place at the end.
 """
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from typing import Any, Optional, Protocol
@@ -18,7 +20,7 @@ from m1jax.config import ModelConfig
 from m1jax.hf import keys
 from m1jax.hf.dialects import check_dialect, hf_config_from_model_config
 from m1jax.hf.outputs import check_output_dir, copy_tokenizer, publish, write_json
-from m1jax.hf.progress import Progress
+from m1jax.hf.progress import Progress, release_free_memory
 from m1jax.hf.safetensors_io import (FLOAT_DTYPES, INDEX_FILE, Entry, ShardWriter,
                                      parse_size, plan_shards, shard_names)
 
@@ -32,7 +34,9 @@ class ParamSource(Protocol):
   config: ModelConfig
 
   def get(self, param: keys.Param) -> np.ndarray:
-    """The param (of its layer, unstacked) as a numpy array in any float dtype."""
+    """The param (of its layer, unstacked) as a numpy array in any float dtype. A source
+    may also define get_slice(param, index) -> param[index], read without the rest (the
+    exporter then reads one expert, or one row block of the head, at a time)."""
 
 
 class TreeSource:
@@ -50,6 +54,46 @@ class TreeSource:
       node = node[name]
     value = np.asarray(node)
     return value if index is None else value[index]
+
+
+def _read(source: ParamSource, param: keys.Param, index: tuple) -> np.ndarray:
+  """source.get_slice if the source reads slices itself (checkpoints), else get()[index]."""
+  if hasattr(source, "get_slice"):
+    return source.get_slice(param, index)
+  return np.asarray(source.get(param))[index]
+
+
+def _tensors(source: ParamSource, param: keys.Param, cfg: ModelConfig):
+  """For each HF tensor of `param`, an iterator of its row blocks, read lazily: one expert at
+  a time, the head and embedding in BLOCK_BYTES row blocks, the rest whole."""
+  rule, expected = param.rule, param.shape(cfg)
+
+  def check(value, want, what=""):
+    if tuple(value.shape) != tuple(want):
+      raise ValueError(f"{param.name()}{what}: expected shape {tuple(want)}, found "
+                       f"{tuple(value.shape)}")
+    return value
+
+  if rule.per_expert:
+    for e in range(expected[0]):
+      yield iter([keys.piece_to_hf(rule, check(_read(source, param, (e,)), expected[1:],
+                                               f" expert {e}"), cfg)])
+    return
+  hf_shape = keys.shape(rule.hf_shape, cfg)
+  rows = max(1, BLOCK_BYTES // (4 * math.prod(hf_shape[1:]) or 1))
+  if keys.row_block_index(rule, cfg, 0, 1) is None or rows >= hf_shape[0]:
+    value = check(source.get(param), expected)
+    yield keys.hf_row_blocks(rule, value, cfg, BLOCK_BYTES)
+    return
+
+  def blocks():
+    for r0 in range(0, hf_shape[0], rows):
+      r1 = min(r0 + rows, hf_shape[0])
+      block = _read(source, param, keys.row_block_index(rule, cfg, r0, r1))
+      block = block.T if rule.transform == keys.TRANSPOSE else block
+      yield check(np.ascontiguousarray(block), (r1 - r0,) + tuple(hf_shape[1:]), " rows")
+
+  yield blocks()
 
 
 def _export_dtype(config: ModelConfig, dtype: Optional[str]) -> np.dtype:
@@ -102,16 +146,7 @@ def write_hf_checkpoint(source: ParamSource, out_dir: str, *, dialect: str = "mi
     shard_of = {e.key: i for i, shard in enumerate(shards) for e in shard}
     writer, current = None, -1
     for param in keys.params(cfg):
-      value = source.get(param)
-      expected = param.shape(cfg)
-      if tuple(value.shape) != expected:
-        raise ValueError(f"{param.name()}: expected shape {expected}, found "
-                         f"{tuple(value.shape)}")
-      if param.rule.per_expert:
-        tensors = ([t] for t in keys.from_param(param.rule, value, cfg))  # one at a time
-      else:  # one tensor, in row blocks: a transposed head is never copied whole
-        tensors = [keys.hf_row_blocks(param.rule, value, cfg, BLOCK_BYTES)]
-      for key, blocks in zip(param.hf_keys(cfg), tensors):
+      for key, blocks in zip(param.hf_keys(cfg), _tensors(source, param, cfg)):
         if shard_of[key] != current:
           if writer is not None:
             writer.close()
@@ -120,7 +155,8 @@ def write_hf_checkpoint(source: ParamSource, out_dir: str, *, dialect: str = "mi
         entry = writer.next_entry
         writer.write_rows(key, (b.astype(entry.dtype, copy=False) for b in blocks))
         bar.advance(1, entry.nbytes)
-      del value
+        del blocks
+      release_free_memory()
     writer.close()
     if len(shards) > 1:
       write_json(os.path.join(staging, INDEX_FILE), {

@@ -254,13 +254,31 @@ def _forward(transform: str, x: np.ndarray, target: tuple[int, ...]) -> np.ndarr
 
 def from_param(rule: Rule, value: np.ndarray, cfg: ModelConfig) -> Iterator[np.ndarray]:
   """The m1jax param -> its HF tensor(s) (one per expert when per_expert), C-contiguous."""
-  hf_shape = shape(rule.hf_shape, cfg)
   pieces = (value[e] for e in range(value.shape[0])) if rule.per_expert else (value,)
   for piece in pieces:
-    if rule.transform == TRANSPOSE:
-      yield np.ascontiguousarray(piece.reshape(hf_shape[::-1]).T)
-    else:
-      yield np.ascontiguousarray(piece.reshape(hf_shape))
+    yield piece_to_hf(rule, piece, cfg)
+
+
+def piece_to_hf(rule: Rule, piece: np.ndarray, cfg: ModelConfig) -> np.ndarray:
+  """One HF tensor from its piece of the param (one expert's [M, F] slice, or the whole
+  param when not per_expert), C-contiguous."""
+  hf_shape = shape(rule.hf_shape, cfg)
+  if rule.transform == TRANSPOSE:
+    return np.ascontiguousarray(piece.reshape(hf_shape[::-1]).T)
+  return np.ascontiguousarray(piece.reshape(hf_shape))
+
+
+def row_block_index(rule: Rule, cfg: ModelConfig, r0: int, r1: int) -> Optional[tuple]:
+  """The index into the param that holds rows r0:r1 of its HF tensor, when that is a plain
+  slice (a 2-D head or embedding), else None."""
+  hf_shape, param_shape = shape(rule.hf_shape, cfg), shape(rule.param_shape, cfg)
+  if rule.per_expert or len(hf_shape) != 2:
+    return None
+  if rule.transform == TRANSPOSE and param_shape == hf_shape[::-1]:
+    return (slice(None), slice(r0, r1))
+  if rule.transform == RESHAPE and param_shape == hf_shape:
+    return (slice(r0, r1), slice(None))
+  return None
 
 
 def hf_row_blocks(rule: Rule, value: np.ndarray, cfg: ModelConfig,

@@ -3,8 +3,9 @@ slice at a time, never the optimizer state.
 
 Orbax restores whole leaves, and a scanned leaf holds every group ([L/p, E, M, F] for the
 experts), so this opens each param leaf of the step's `state` item with TensorStore (through
-Orbax's own read spec) and reads only `[g]`. The trainer writes its scanned leaves chunked
-along that axis (m1jax/train/checkpointing.py), so a slice read touches only its own chunks.
+Orbax's own read spec) and reads only `[g]`, or `[g, e]` for one expert. The trainer writes
+its scanned leaves chunked along those axes (m1jax/train/checkpointing.py), so a slice read
+touches only its own chunks.
 """
 from __future__ import annotations
 
@@ -67,6 +68,11 @@ class TrainerCheckpointSource:
       raise FileNotFoundError(f"{self._state}: no param leaf {name!r} ({e})") from e
 
   def get(self, param: keys.Param) -> np.ndarray:
-    path, index = keys.param_location(self.config, param)
+    return self.get_slice(param, ())
+
+  def get_slice(self, param: keys.Param, index: tuple) -> np.ndarray:
+    """param[index] (param: this layer's, unstacked), reading only the chunks it covers."""
+    path, group = keys.param_location(self.config, param)
     array = self._open(path)
-    return np.asarray((array if index is None else array[index]).read().result())
+    where = index if group is None else (group,) + tuple(index)
+    return np.asarray(array[where].read().result() if where else array.read().result())

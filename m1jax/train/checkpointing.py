@@ -20,8 +20,9 @@ from m1jax import sharding
 # Sections whose change makes a checkpoint unusable (param shapes, token ids).
 _COMPATIBILITY_KEYS = ("model", "data.tokenizer")
 # Storage chunks of at most this many bytes, and scanned [L/p, ...] leaves (params and their
-# Adam moments) cut along the layer axis first, so one layer's slice can be read alone (the
-# streaming HF export, m1jax/hf/trainer_source.py) without decoding its whole stack.
+# Adam moments) cut along the layer axis first (and stacked experts along the expert axis),
+# so one layer's (one expert's) slice can be read alone (the streaming HF export,
+# m1jax/hf/trainer_source.py) without decoding its whole stack.
 _CHUNK_BYTES = 64 << 20
 
 
@@ -147,8 +148,12 @@ def _path_key(path) -> str:
 
 def _save_args(state: Any) -> Any:
   def args(path, leaf):
-    scanned = any(getattr(k, "key", None) == "groups" for k in path) and jax.numpy.ndim(leaf)
-    return ocp.SaveArgs(chunk_byte_size=_CHUNK_BYTES, shard_axes=(0,) if scanned else ())
+    names = [getattr(k, "key", None) for k in path]
+    scanned = "groups" in names and jax.numpy.ndim(leaf) > 0
+    # Stacked experts [L/p, E, ...]: one expert of one layer per chunk (or less).
+    experts = scanned and names[-1] in ("w1", "w2", "w3") and jax.numpy.ndim(leaf) > 1
+    axes = (0, 1) if experts else (0,) if scanned else ()
+    return ocp.SaveArgs(chunk_byte_size=_CHUNK_BYTES, shard_axes=axes)
   return jax.tree_util.tree_map_with_path(args, state)
 
 

@@ -54,6 +54,13 @@ def test_converted_params_equal_from_pretrained_and_export_back(hf_dirs, tmp_pat
   assert not (tmp_path / "converted.partial").exists()
   manifest = read_manifest(str(out))
   assert manifest["items"]["layer_003.w1"] == {"block_sparse_moe/w1": [[4, 24, 48], "float32"]}
+  # One expert per storage chunk: the export reads one expert without the rest.
+  from m1jax.hf.converted import ConvertedSource
+  source = ConvertedSource(str(out))
+  w1 = next(p for p in m1jax.hf.keys.params(source.config) if p.path[-1] == "w1")
+  source.get_slice(w1, (0,))
+  (array,) = source._open.values()
+  assert tuple(array.chunk_layout.read_chunk.shape)[0] == 1
   model, expected = m1jax.from_pretrained(hf_dirs["sharded"])
   config, params = load_converted(str(out))
   assert config == model.config

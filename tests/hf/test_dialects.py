@@ -6,11 +6,14 @@ import pytest
 from configs import minimax_m1_456b
 from m1jax.config import ModelConfig
 from m1jax.hf import dialects
+from m1jax.hf.converted import FREE_FIELDS
 from tests.helpers import require, tiny_config
 
-# ModelConfig fields no dialect stores: implementation choices and the lightning norm eps.
-_NOT_IN_HF = ("dtype", "param_dtype", "lm_head_fp32", "moe_impl", "lightning_impl",
-              "scan_layers", "remat", "remat_policy", "lightning_norm_eps")
+# ModelConfig fields no dialect stores: the implementation choices (the fields a loader may
+# pick freely) and the lightning norm eps.
+_NOT_IN_HF = tuple(f for f in FREE_FIELDS if f not in (
+    "block_size", "router_aux_loss_coef", "initializer_range", "max_position_embeddings")) + (
+        "lightning_norm_eps",)
 
 
 def _round_trip(cfg, dialect):

@@ -1,12 +1,12 @@
-"""convert_hf -> train.init_from -> the trainer's first loss equals from_pretrained's; then
-export the trained run (a trainer workdir) back to HF, params only, slice by slice."""
+"""convert_hf -> train.init_from -> the trainer's first loss equals from_pretrained's (the
+same run started from the HF directory); then export the trained run (a trainer workdir)
+back to HF, params only, slice by slice."""
 import json
 import os
 import subprocess
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -14,12 +14,8 @@ import m1jax
 from m1jax.config import ModelConfig
 from m1jax.hf.convert import convert_hf_to_orbax
 from m1jax.hf.export import export_to_hf
-from m1jax.model import MiniMaxM1ForCausalLM
 from m1jax.train import train_and_evaluate
 from m1jax.train.checkpointing import restore_trained_params
-from m1jax.train.data import make_tokenizer, packed_dataset
-from m1jax.train.optimizer import make_optimizer
-from m1jax.train.step import TrainState, train_step
 from tests.helpers import micro_train_config, random_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -55,6 +51,50 @@ def converted(tmp_path_factory):
   return root / "hf", root / "converted"
 
 
+def test_init_from_loads_what_from_pretrained_loads(converted):
+  """The params train.init_from hands the trainer, from the converted checkpoint and from
+  the HF directory itself, are from_pretrained's, bit for bit."""
+  from m1jax.train.init_from import load_init_params
+  hf_dir, converted_dir = converted
+  cfg = ModelConfig.from_dict(_config().model.to_dict())
+  _, expected = m1jax.from_pretrained(hf_dir)
+  _assert_identical(load_init_params(str(converted_dir), cfg), expected)
+  _assert_identical(load_init_params(str(hf_dir), cfg), expected)
+  with pytest.raises(FileNotFoundError, match="neither a converted checkpoint"):
+    load_init_params(str(hf_dir / "nowhere"), cfg)
+
+
+def test_export_reads_a_trainer_checkpoint_one_slice_at_a_time(tmp_path):
+  """A checkpoint in the trainer's layout (Orbax `state` item with params and optimizer
+  moments, `config` item) exports its params bit for bit; the moments are never read."""
+  import orbax.checkpoint as ocp
+  from m1jax.train import checkpointing
+  config = _config()
+  cfg = ModelConfig.from_dict(config.model.to_dict())
+  params = jax.tree.map(np.asarray, random_params(cfg, 6))
+  assert cfg.is_scanned
+  state = {"step": np.int32(7), "params": params,
+           "opt_state": {"mu": jax.tree.map(np.zeros_like, params)}}
+  manager = ocp.CheckpointManager(tmp_path / "run" / "checkpoints")
+  manager.save(7, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state, save_args=checkpointing._save_args(state)),
+      config=ocp.args.JsonSave(config.to_dict())))
+  manager.wait_until_finished()
+  manager.close()
+  export_to_hf(str(tmp_path / "run"), tmp_path / "exported", dialect="minimax",
+               dtype="float32", progress=False)
+  _, exported = m1jax.from_pretrained(tmp_path / "exported")
+  _assert_identical(exported, params)
+  # Stored one expert of one layer per chunk, so each read decodes only its own slice.
+  from m1jax.hf.trainer_source import TrainerCheckpointSource
+  w1 = TrainerCheckpointSource(str(tmp_path / "run"))._open(
+      ("model", "groups", "layer_0", "block_sparse_moe", "w1"))
+  assert tuple(w1.chunk_layout.read_chunk.shape)[:2] == (1, 1)
+  with pytest.raises(FileNotFoundError, match=r"no checkpoint for step 3; have \[7\]"):
+    export_to_hf(str(tmp_path / "run"), tmp_path / "other", step=3, progress=False)
+
+
+@pytest.mark.slow
 def test_training_starts_from_converted_weights_and_exports_back(converted, tmp_path):
   hf_dir, converted_dir = converted
   # Two steps: the first has learning rate 0 (warmup), the second changes the params.
@@ -62,29 +102,21 @@ def test_training_starts_from_converted_weights_and_exports_back(converted, tmp_
   config.train.init_from = str(converted_dir)
   workdir = tmp_path / "run"
   train_and_evaluate(config, str(workdir))
-
-  # The reference: from_pretrained's params, the trainer's own first batch and step.
-  cfg = ModelConfig.from_dict(config.model.to_dict())
-  _, params = m1jax.from_pretrained(hf_dir)
-  model = MiniMaxM1ForCausalLM(cfg)
-  tokenizer = make_tokenizer(config.data, cfg.vocab_size)
-  batch = next(iter(packed_dataset(config.data, tokenizer, seq_len=config.train.seq_len,
-                                   batch_size=config.train.batch_size, seed=config.train.seed,
-                                   split=0)))
-  tx, _ = make_optimizer(config.optimizer, config.train.num_steps)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-  _, metrics = train_step(state, {k: jnp.asarray(v) for k, v in batch.items()}, model=model,
-                          tx=tx, accum_steps=config.train.grad_accum_steps,
-                          aux_coef=cfg.router_aux_loss_coef)
-  assert _first_loss(workdir) == float(metrics["loss"])
+  # The reference: the same run started from the HF directory itself, whose params
+  # init_from reads with m1jax.from_pretrained. Same trainer, same batches: the same loss.
+  reference = _config(num_steps=1, log_every=1, checkpoint_every=1)
+  reference.train.init_from = str(hf_dir)
+  train_and_evaluate(reference, str(tmp_path / "reference"))
+  assert _first_loss(workdir) == _first_loss(tmp_path / "reference")
 
   # Export the trained run: params only, bit-identical to what the trainer restores.
   export_to_hf(str(workdir), tmp_path / "exported", dialect="minimax", progress=False)
   _, trained = restore_trained_params(str(workdir))[1:]
   _, exported = m1jax.from_pretrained(tmp_path / "exported")
   _assert_identical(exported, trained)
+  _, initial = m1jax.from_pretrained(hf_dir)
   assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(trained),
-                                                      jax.tree.leaves(params)))
+                                                      jax.tree.leaves(initial)))
 
 
 @pytest.mark.slow
