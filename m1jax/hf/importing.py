@@ -136,22 +136,26 @@ def read_param(source: Source, cfg: ModelConfig) -> np.ndarray:
   if rule.per_expert:
     for e, info in enumerate(source.tensors):
       keys.to_param(rule, [read_tensor(info)], cfg, out=out[e:e + 1])
-  elif rule.transform == keys.TRANSPOSE and source.tensors[0].nbytes > BLOCK_BYTES:
-    _read_transposed(source.tensors[0], out)
+  elif len(source.tensors[0].shape) == 2 and source.tensors[0].nbytes > BLOCK_BYTES:
+    _read_in_row_blocks(source.tensors[0], rule.transform == keys.TRANSPOSE, out)
   else:
     keys.to_param(rule, [read_tensor(source.tensors[0])], cfg, out=out)
   return out
 
 
-def _read_transposed(info: TensorInfo, out: np.ndarray) -> None:
-  """A big [out, in] tensor into its [in, out] param, BLOCK_BYTES of rows at a time (the
-  [V, M] head would otherwise exist twice: as read and transposed)."""
+def _read_in_row_blocks(info: TensorInfo, transpose: bool, out: np.ndarray) -> None:
+  """A big 2-D tensor (the [V, M] head and embedding) into its param, BLOCK_BYTES of rows
+  at a time: otherwise it would exist twice, as read and as the (transposed, cast) param."""
   rows, cols = info.shape
-  columns = out.reshape(cols, rows)
+  target = out.reshape(cols, rows) if transpose else out.reshape(rows, cols)
   step = max(1, BLOCK_BYTES // max(1, cols * FLOAT_DTYPES[info.dtype].itemsize))
   for r0 in range(0, rows, step):
     r1 = min(r0 + step, rows)  # safetensors' slices do not clamp
-    columns[:, r0:r1] = read_tensor(info, (slice(r0, r1), slice(None))).T
+    block = read_tensor(info, (slice(r0, r1), slice(None)))
+    if transpose:
+      target[:, r0:r1] = block.T
+    else:
+      target[r0:r1] = block
 
 
 def from_pretrained(path: str | os.PathLike, **config_overrides):
