@@ -94,8 +94,11 @@ def main(argv):
     run["tokens_per_s_vs_first"] = round(run["tokens_per_s"] / runs[0]["tokens_per_s"], 3)
   device = jax.devices()[0]
   config_name = os.path.basename(config_flags.get_config_filename(flags.FLAGS["config"]))
+  variants = config_name.partition(":")[2]
+  config_name = config_name.partition(":")[0]
   result = {
-      "config": config_name, "device": f"{device.platform}:{device.device_kind}",
+      "config": config_name, "variants": variants,
+      "device": f"{device.platform}:{device.device_kind}",
       "device_count": jax.device_count(), "batch_size": t.batch_size, "seq_len": t.seq_len,
       "dtype": config.model.dtype, "param_dtype": config.model.param_dtype,
       "steps": _STEPS.value, "runs": runs}
