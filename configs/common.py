@@ -1,9 +1,9 @@
 """What every configs/*.py starts from: default sections, the variant syntax, `runlocal`.
 
 A config file states only what differs from `get_config()` here. The model section's
-defaults ARE the released MiniMax-M1 (docs/MODEL.md §3.1), trained as released (bf16, remat):
-the release is the one configuration every other is measured against, so each config file
-then reads as "the release, except ...", and minimax_m1_456b.py states no model field.
+defaults ARE the released MiniMax-M1 (docs/MODEL.md §3.1), trained as released (bf16
+compute, remat) on fp32 master weights: the release is the one configuration every other
+is measured against, so each config file then reads as "the release, except ...", and minimax_m1_456b.py states no model field.
 
 Variants follow big_vision: `--config=configs/small.py:layers=8,runlocal` calls
 `get_config("layers=8,runlocal")`; `parse_variants` reads that string.
@@ -109,8 +109,10 @@ def model_config() -> ml_collections.ConfigDict:
   model.initializer_range = 0.02
   # Activation / matmul-input dtype: bf16, as the release trained.
   model.dtype = "bfloat16"
-  # Stored parameter dtype (the router always keeps float32).
-  model.param_dtype = "bfloat16"
+  # Stored parameter dtype (the router always keeps float32). float32 master weights, bf16
+  # compute: at the release's LR 8e-5 most AdamW steps are below half a bf16 ulp of a weight
+  # (one ulp at |w| = 0.02 is 1.2e-4), so bf16 weights would round them away.
+  model.param_dtype = "float32"
   # LM head matmul in float32, for exact RL log-probs (M1 report §3.2).
   model.lm_head_fp32 = True
   # MoE dispatch: "ragged" (sorted tokens, jax.lax.ragged_dot) or "dense" (the reference).
@@ -118,6 +120,11 @@ def model_config() -> ml_collections.ConfigDict:
   # Lightning operator, forwarded to m1jax.ops.lightning_attention(impl=...); "auto" picks
   # the kernel for the backend.
   model.lightning_impl = "auto"
+  # Softmax attention (m1jax/ops/attention_impl.py): "xla" materialises fp32 [B,H,T,S]
+  # logits (16 GiB per 8K row at 64 heads); "blockwise" is pure-JAX flash attention (any
+  # platform, O(T x block) memory); "cudnn" (GPU) and "splash" (TPU) are the vendor
+  # kernels; "auto" takes splash/cudnn where the call fits them, else blockwise.
+  model.attention_impl = "auto"
   # nn.scan over the repeating layer group, so compile time does not grow with depth.
   model.scan_layers = True
   # Rematerialise each decoder layer in the backward pass (activation memory for FLOPs).
@@ -144,6 +151,10 @@ def train_config() -> ml_collections.ConfigDict:
   t.seq_len = 128
   # Microbatches per step (batch_size must divide); trades memory for time, same loss.
   t.grad_accum_steps = 1
+  # LM head + CE in chunks of this many positions per row (m1jax/chunked_loss.py), so the
+  # [B,T,V] fp32 logits (6.1 GiB per 8K row at V = 200,064) never exist; same loss and
+  # gradients. 0 = the full-logits path.
+  t.loss_chunk_tokens = 1024
   # Steps between console / metrics.jsonl lines.
   t.log_every = 10
   # Steps between evaluations (and at the last step).
@@ -230,6 +241,11 @@ def data_config() -> ml_collections.ConfigDict:
   d.eos_token = ""
   # Padding token of a tokenizer.json ("" for none).
   d.pad_token = ""
+  # Independent document streams a global batch is assembled from, each packed on its own
+  # (m1jax/train/data/pipeline.py); each process reads only its own. 0 = one per process; a
+  # fixed value makes the data independent of the process count (e.g. to resume on fewer
+  # hosts, or to compare a multi-host run with one process).
+  d.slices = 0
   return d
 
 
@@ -355,6 +371,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.train = train_config()
   config.optimizer = optimizer_config()
   config.data = data_config()
+  # Device mesh (m1jax/sharding.py): sizes of the axes data, fsdp, expert, tensor, sequence,
+  # e.g. "fsdp=64,expert=8"; -1 takes the remaining devices, unnamed axes are 1. The default
+  # shards params, optimizer state and batch over all devices (FSDP).
+  config.mesh = "fsdp=-1"
   return config
 
 
@@ -458,7 +478,8 @@ def apply_runlocal(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
 
   t = config.train
   t.num_steps = 6
-  t.batch_size = 4
+  # 8 rows: one per device on an 8-device host under the default all-FSDP mesh.
+  t.batch_size = 8
   t.seq_len = 32
   t.grad_accum_steps = 1
   t.log_every = 2
