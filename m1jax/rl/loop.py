@@ -27,7 +27,7 @@ from m1jax.rl.step import rl_update, trainer_logprobs
 from m1jax.train.data import make_tokenizer
 from m1jax.train.metrics import MetricsWriter
 from m1jax.train.optimizer import make_optimizer
-from m1jax.train.step import TrainState
+from m1jax.train.state import TrainState
 
 # Per-minibatch-index copies of these are logged as "<name>/mb<k>" (k from 1).
 _PER_MINIBATCH = ("clip_ratio/high_mean", "clip_ratio/low_mean", "cispo/clip_frac",

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import optax
 
 from m1jax.rl.losses import PolicyLossInputs, get_policy_loss, loss_weights
-from m1jax.train.step import TrainState
+from m1jax.train.state import TrainState
 
 _LOG_RATIO_CLAMP = 20.0
 

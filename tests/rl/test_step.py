@@ -16,7 +16,7 @@ from m1jax.rl.rollout import minibatches, sample_rollouts
 from m1jax.rl.step import accumulate_grads, rl_update, trainer_logprobs
 from m1jax.tasks import make_task
 from m1jax.train.data import ByteTokenizer
-from m1jax.train.step import TrainState
+from m1jax.train.state import TrainState
 from m1jax.train.optimizer import make_optimizer
 from tests.helpers import random_params, tiny_config
 
