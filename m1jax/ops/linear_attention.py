@@ -84,8 +84,8 @@ def _kernel(module_name: str):
   return run
 
 
-_MOSAIC_GPU_BLOCKED = ("does not lower for cuda (slope TMA / 1-D SMEM read / iota layout / "
-                       "dot_general have no Mosaic GPU lowering; WORKSPACE_NOTES.md, Issue 12)")
+_MOSAIC_GPU_BLOCKED = ("does not lower for cuda (jax 0.11.2: dot_general has no Mosaic GPU "
+                       "lowering; WORKSPACE_NOTES.md, Issue 12)")
 
 # THE table: name -> implementation, evidence per platform, block-size rule.
 TABLE: dict[str, Implementation] = {
