@@ -1,7 +1,7 @@
 """Chunked lightning attention for TPU (Pallas / Mosaic TPU): forward and backward kernels.
 
 The math is the chunked form of docs/MODEL.md §6.4, exactly as
-`m1jax.ops.linear_attention._chunked` computes it. Per batch row b and head h (decay rate
+`m1jax.ops.linear_attention_chunked.chunked` computes it. Per batch row b and head h (decay rate
 s = slope[h]), chunk n holds C positions, of which m are real (m < C only in the tail chunk):
 
   forward, carrying S (the state before the chunk, [D,D] float32):
