@@ -122,8 +122,8 @@ def test_checkpoint_restores_bit_exactly_onto_another_mesh_and_one_device(mesh_r
   on_one = ckpt.restore(3, abstract_train_state(
       model, tx, sharding.make_mesh("fsdp=1", jax.devices()[:1])))
   ckpt.close()
-  w1 = on_other.params["model"]["groups"]["layer_0"]["block_sparse_moe"]["w1"]
-  assert w1.sharding.mesh.shape == other.shape and w1.sharding.spec[1] == "expert"
+  w1 = on_other.params["model"]["layers"]["layer_0"]["block_sparse_moe"]["w1"]
+  assert w1.sharding.mesh.shape == other.shape and w1.sharding.spec[0] == "expert"
   assert int(on_other.step) == int(on_one.step) == 3
   for a, b in zip(jax.tree.leaves(on_other), jax.tree.leaves(on_one)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
