@@ -56,16 +56,10 @@ class TreeSource:
     return value if index is None else value[index]
 
 
-def _read(source: ParamSource, param: keys.Param, index: tuple) -> np.ndarray:
-  """source.get_slice if the source reads slices itself (checkpoints), else get()[index]."""
-  if hasattr(source, "get_slice"):
-    return source.get_slice(param, index)
-  return np.asarray(source.get(param))[index]
-
-
 def _tensors(source: ParamSource, param: keys.Param, cfg: ModelConfig):
-  """For each HF tensor of `param`, an iterator of its row blocks, read lazily: one expert at
-  a time, the head and embedding in BLOCK_BYTES row blocks, the rest whole."""
+  """For each HF tensor of `param`, an iterator of its row blocks, read lazily. A source
+  that reads slices (a checkpoint on disk) is asked for one expert, or one BLOCK_BYTES row
+  block of the head and embedding, at a time; any other source for the param once."""
   rule, expected = param.rule, param.shape(cfg)
 
   def check(value, want, what=""):
@@ -74,26 +68,28 @@ def _tensors(source: ParamSource, param: keys.Param, cfg: ModelConfig):
                        f"{tuple(value.shape)}")
     return value
 
-  if rule.per_expert:
-    for e in range(expected[0]):
-      yield iter([keys.piece_to_hf(rule, check(_read(source, param, (e,)), expected[1:],
-                                               f" expert {e}"), cfg)])
-    return
   hf_shape = keys.shape(rule.hf_shape, cfg)
   rows = max(1, BLOCK_BYTES // (4 * math.prod(hf_shape[1:]) or 1))
-  if keys.row_block_index(rule, cfg, 0, 1) is None or rows >= hf_shape[0]:
-    value = check(source.get(param), expected)
-    yield keys.hf_row_blocks(rule, value, cfg, BLOCK_BYTES)
-    return
-
-  def blocks():
-    for r0 in range(0, hf_shape[0], rows):
-      r1 = min(r0 + rows, hf_shape[0])
-      block = _read(source, param, keys.row_block_index(rule, cfg, r0, r1))
-      block = block.T if rule.transform == keys.TRANSPOSE else block
-      yield check(np.ascontiguousarray(block), (r1 - r0,) + tuple(hf_shape[1:]), " rows")
-
-  yield blocks()
+  sliced = hasattr(source, "get_slice")
+  if sliced and rule.per_expert:
+    for e in range(expected[0]):
+      piece = check(source.get_slice(param, (e,)), expected[1:], f" expert {e}")
+      yield iter([keys.piece_to_hf(rule, piece, cfg)])
+  elif sliced and keys.row_block_index(rule, cfg, 0, 1) is not None and rows < hf_shape[0]:
+    def blocks():
+      for r0 in range(0, hf_shape[0], rows):
+        r1 = min(r0 + rows, hf_shape[0])
+        block = source.get_slice(param, keys.row_block_index(rule, cfg, r0, r1))
+        block = block.T if rule.transform == keys.TRANSPOSE else block
+        yield check(np.ascontiguousarray(block), (r1 - r0,) + tuple(hf_shape[1:]), " rows")
+    yield blocks()
+  else:
+    value = check(np.asarray(source.get(param)), expected)
+    if rule.per_expert:  # one transposed expert at a time
+      for piece in keys.from_param(rule, value, cfg):
+        yield iter([piece])
+    else:
+      yield keys.hf_row_blocks(rule, value, cfg, BLOCK_BYTES)
 
 
 def _export_dtype(config: ModelConfig, dtype: Optional[str]) -> np.dtype:
