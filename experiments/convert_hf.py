@@ -28,8 +28,8 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace a non-empty --workdi
 
 def _default_config():
   config = ml_collections.ConfigDict()
-  # Mesh for sharded writes, "<axis>=<size>,..." over data/fsdp/expert/tensor/sequence;
-  # empty: numpy arrays written by this one host.
+  # Mesh for sharded writes, "<axis>=<size>,..." over data/fsdp/expert/tensor/sequence (as
+  # the trainer's config.mesh; one size may be -1); empty: numpy arrays written by this host.
   config.mesh = ""
   # Stored dtype of the weights ("float32", "bfloat16", "float16"); empty: the checkpoint's
   # declared dtype. Routers are always float32.
@@ -50,9 +50,10 @@ def main(argv):
   shardings = None
   if config.mesh:
     from m1jax.hf.importing import read_hf_config
-    from m1jax.hf.mesh import param_sharding_fn, parse_mesh
+    from m1jax.hf.mesh import param_sharding_fn
+    from m1jax.sharding import make_mesh
     shardings = param_sharding_fn(read_hf_config(_HF_DIR.value, **overrides),
-                                  parse_mesh(config.mesh))
+                                  make_mesh(config.mesh))
   from m1jax.hf import CheckpointError
   try:
     out = convert_hf_to_orbax(_HF_DIR.value, _WORKDIR.value, overwrite=_OVERWRITE.value,

@@ -242,11 +242,12 @@ def test_non_empty_output_needs_overwrite(hf_dirs, tmp_path):
 
 def test_sharded_write_and_load_on_a_mesh(tmp_path):
   """With a mesh, each param is written from its NamedSharding and loads back into it."""
-  from m1jax.hf.mesh import model_shardings, param_sharding_fn, parse_mesh
+  from m1jax.hf.mesh import model_shardings, param_sharding_fn
+  from m1jax.sharding import make_mesh
   cfg = tiny_config(ATTN_TYPES, vocab_size=96)  # vocab divisible by the tensor axis
   params = random_params(cfg, 1)
   m1jax.save_pretrained(cfg, params, tmp_path / "hf")
-  mesh = parse_mesh("fsdp=2,expert=2,tensor=2")
+  mesh = make_mesh("fsdp=2,expert=2,tensor=2")
   convert_hf_to_orbax(tmp_path / "hf", tmp_path / "out", progress=False,
                       shardings=param_sharding_fn(cfg, mesh))
   shardings = model_shardings(cfg, mesh)
