@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from m1jax.config import ModelConfig
 from m1jax.layers import params as lp
+from m1jax.ops.grouped_matmul import grouped_matmul
 
 
 class RouterStats(NamedTuple):
@@ -67,18 +68,25 @@ def swiglu_dense(x_NM, w1_EMF, w3_EMF, w2_EFM, weights_NR, experts_NR):
                     preferred_element_type=jnp.float32).astype(dtype)
 
 
+def expert_ffn_grouped(x_AM, w1_EMF, w3_EMF, w2_EFM, group_sizes_E):
+  """SwiGLU of rows already sorted by expert: the three grouped matmuls. The single call site
+  of m1jax.ops.grouped_matmul for every MoE dispatch (local and expert-parallel)."""
+  dtype = x_AM.dtype
+  gate_AF = grouped_matmul(x_AM, w1_EMF.astype(dtype), group_sizes_E)
+  up_AF = grouped_matmul(x_AM, w3_EMF.astype(dtype), group_sizes_E)
+  return grouped_matmul(jax.nn.silu(gate_AF) * up_AF, w2_EFM.astype(dtype), group_sizes_E)
+
+
 def swiglu_ragged(x_NM, w1_EMF, w3_EMF, w2_EFM, weights_NR, experts_NR):
-  """Dropless sorted dispatch with grouped matmuls (jax.lax.ragged_dot)."""
+  """Dropless sorted dispatch with grouped matmuls (expert_ffn_grouped)."""
   N, M = x_NM.shape
   E, R, dtype = w1_EMF.shape[0], experts_NR.shape[1], x_NM.dtype
   experts_A = experts_NR.reshape(-1)                           # assignment a = n*R + r
   order_A = jnp.argsort(experts_A, stable=True)
   x_AM = x_NM[order_A // R]                                    # grouped by expert
-  # Experts that receive no token get a zero-size group; ragged_dot handles that.
+  # Experts that receive no token get a zero-size group; the grouped matmul handles that.
   group_sizes_E = jnp.bincount(experts_A, length=E).astype(jnp.int32)
-  gate_AF = jax.lax.ragged_dot(x_AM, w1_EMF.astype(dtype), group_sizes_E)
-  up_AF = jax.lax.ragged_dot(x_AM, w3_EMF.astype(dtype), group_sizes_E)
-  y_AM = jax.lax.ragged_dot(jax.nn.silu(gate_AF) * up_AF, w2_EFM.astype(dtype), group_sizes_E)
+  y_AM = expert_ffn_grouped(x_AM, w1_EMF, w3_EMF, w2_EFM, group_sizes_E)
   # Unsort: scatter each sorted row back to its assignment slot.
   y_NRM = jnp.zeros_like(y_AM).at[order_A].set(y_AM).reshape(N, R, M)
   return jnp.einsum("nr,nrm->nm", weights_NR, y_NRM,
