@@ -35,7 +35,7 @@ def bench_mesh(config, spec: str, steps: int, warmup: int) -> dict:
   from m1jax import MiniMaxM1ForCausalLM, ModelConfig, sharding
   from m1jax.train.data import make_tokenizer, packed_dataset
   from m1jax.train.loop import global_batch
-  from m1jax.train.metrics import flops_per_token
+  from m1jax.flops import train_flops_per_token
   from m1jax.train.optimizer import make_optimizer
   from m1jax.train.state import init_train_state, state_shardings
   from m1jax.train.step import check_batch, make_train_step
@@ -73,7 +73,7 @@ def bench_mesh(config, spec: str, steps: int, warmup: int) -> dict:
   result = {"mesh": sharding.describe(mesh), "devices": mesh.size,
             "warmup_and_compile_s": round(compile_s, 2), "step_s": round(elapsed / steps, 4),
             "tokens_per_s": round(tokens / elapsed, 1),
-            "flops_per_token": flops_per_token(model_config, t.seq_len)}
+            "flops_per_token": train_flops_per_token(model_config, t.seq_len)}
   peak = t.peak_flops_per_device * mesh.size
   if peak > 0 and jax.devices()[0].platform != "cpu":
     result["mfu"] = result["tokens_per_s"] * result["flops_per_token"] / peak

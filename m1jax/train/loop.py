@@ -17,12 +17,13 @@ import numpy as np
 
 from m1jax import sharding
 from m1jax.config import ModelConfig
+from m1jax.flops import train_flops_per_token
 from m1jax.model import MiniMaxM1ForCausalLM
 from m1jax.train.checkpointing import Checkpointer
 from m1jax.train.data import make_tokenizer, packed_dataset
 from m1jax.train.evaluate import evaluate
 from m1jax.train.init_from import load_init_params
-from m1jax.train.metrics import MetricsWriter, flops_per_token
+from m1jax.train.metrics import MetricsWriter
 from m1jax.train.optimizer import make_optimizer
 from m1jax.train.plot import plot_curves
 from m1jax.train.state import (abstract_train_state, init_train_state, state_shardings,
@@ -141,7 +142,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   writer = MetricsWriter(workdir if primary else os.path.join(workdir, f"process_"
                                                               f"{jax.process_index()}"),
                          t.tensorboard and primary)
-  flops = flops_per_token(model_config, t.seq_len)
+  flops = train_flops_per_token(model_config, t.seq_len)
   peak = t.peak_flops_per_device * jax.device_count()
   summary = {"workdir": workdir, "start_step": step, "preempted": False}
 

@@ -5,21 +5,6 @@ import os
 import sys
 import time
 
-from m1jax.config import ModelConfig
-from m1jax.param_count import count_params
-
-
-def flops_per_token(config: ModelConfig, seq_len: int) -> float:
-  """Training FLOPs per token: 6 x active non-embedding params, plus softmax attention
-  (6 * 2 * T * H * D per softmax layer for the QK^T and PV matmuls, fwd + bwd, causal /2).
-  Lightning layers' state math is O(D^2) per token and left out (small next to the MoE)."""
-  counts = count_params(config)
-  active = counts["active_params"]
-  # lm_head is a real matmul per token; the embedding lookup is not.
-  softmax_layers = sum(config.attn_type_list)
-  attention = 6 * seq_len * config.num_attention_heads * config.head_dim * softmax_layers
-  return 6.0 * (active + config.hidden_size * config.vocab_size) + attention
-
 
 class MetricsWriter:
   """One record per call: a JSON line, TensorBoard scalars, and (optionally) a console line."""
