@@ -71,3 +71,60 @@ def test_bad_lengths(bad):
     flops.decode_flops_per_token(c, bad)
   with pytest.raises(ValueError, match="batch_size"):
     flops.train_flops_per_step(c, 4, bad)
+
+
+# ------------------------------------------------------------------ experiments/flops.py
+def test_r1_active_params_match_deepseek():
+  from experiments import flops as fig
+  # DeepSeek-V3 weights README: 36.6B activated per token, 0.9B of it the output head.
+  params = fig.r1_matmul_params()
+  assert sum(params.values()) == pytest.approx(36.6e9, rel=0.005)
+  assert params["lm_head"] == pytest.approx(0.93e9, rel=0.01)
+  # Per (layer, cached key), all 128 heads: 2 (128 + 128), 2 (192 + 128), 2 (576 + 512).
+  assert [fig.r1_attention_flops_per_key(fig.DEEPSEEK_R1, a) for a in fig.R1_ATTENTION] == [
+      128 * 512, 128 * 640, 128 * 2176]
+
+
+def test_report_ratios():
+  """M1 report §1 / Fig. 1 right: < 50% of R1's FLOPs at 64K generated tokens and about 25%
+  (here: within 2 points) at 100K, in the per-token form with R1's headline accounting."""
+  from experiments import flops as fig
+  m1 = fig.m1_config()
+
+  def ratio(n, attention=fig.HEADLINE_ATTENTION):
+    return (sum(flops.decode_flops_per_token(m1, n).values())
+            / sum(fig.r1_decode_flops_per_token(n, attention).values()))
+
+  assert ratio(64 * 1024) < 0.5
+  assert abs(ratio(100 * 1024) - 0.25) <= 0.02
+  # The other accountings bracket it: the exact expanded MLA is a bit lower, absorbed far lower.
+  assert ratio(100 * 1024, "mla_absorbed") < ratio(100 * 1024, "mla_expanded") < ratio(
+      100 * 1024)
+  # M1 is the costlier model per token at short lengths (47B vs 37B active weights).
+  assert ratio(1) > 1
+
+
+def test_curves_monotone_and_cumulative():
+  from experiments import flops as fig
+  curves = fig.per_token_curves(6, tiny_config())
+  for curve in curves.values():
+    assert all(a < b for a, b in zip(curve, curve[1:]))
+  assert fig.cumulative([1.0, 2.0, 4.0]) == [1.0, 3.0, 7.0]
+  per_token = fig.ratios(curves, [3], "per_token")["R1/mha128"]["3"]
+  assert per_token == curves["M1"][2] / curves["R1/mha128"][2]
+  whole = fig.ratios(curves, [3], "cumulative")["R1/mha128"]["3"]
+  assert whole == sum(curves["M1"][:3]) / sum(curves["R1/mha128"][:3])
+
+
+def test_figure_bad_lengths():
+  from experiments import flops as fig
+  with pytest.raises(ValueError, match="context_len"):
+    fig.r1_decode_flops_per_token(0)
+  with pytest.raises(ValueError, match="max_len"):
+    fig.per_token_curves(-3)
+  with pytest.raises(ValueError, match="--points entry"):
+    fig.parse_points(["32768", "-5"])
+  with pytest.raises(ValueError, match="not an integer"):
+    fig.parse_points(["64K"])
+  with pytest.raises(ValueError, match="unknown R1 attention"):
+    fig.r1_attention_flops_per_key(fig.DEEPSEEK_R1, "gqa")
