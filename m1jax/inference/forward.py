@@ -13,6 +13,18 @@ from m1jax.inference.cache import HybridCache
 from m1jax.model import MiniMaxM1ForCausalLM
 
 
+def decode_fn(config: ModelConfig):
+  """The un-jitted decode step (params, cache, tokens_B) -> (logits_BV, cache), for callers
+  that trace it into a larger program (generate's on-device decode loop)."""
+  model = MiniMaxM1ForCausalLM(config)
+
+  def decode(params, cache, tokens_B):
+    out, cache = model.apply({"params": params}, tokens_B[:, None], cache=cache)
+    return out.logits[:, -1], cache
+
+  return decode
+
+
 @functools.lru_cache(maxsize=None)
 def _compiled_steps(config: ModelConfig):
   model = MiniMaxM1ForCausalLM(config)
@@ -22,11 +34,8 @@ def _compiled_steps(config: ModelConfig):
                              cache=cache, last_logits_only=True)
     return out.logits[:, -1], cache
 
-  def decode(params, cache, tokens_B):
-    out, cache = model.apply({"params": params}, tokens_B[:, None], cache=cache)
-    return out.logits[:, -1], cache
-
-  return (jax.jit(segment, donate_argnums=(1,)), jax.jit(decode, donate_argnums=(1,)))
+  return (jax.jit(segment, donate_argnums=(1,)),
+          jax.jit(decode_fn(config), donate_argnums=(1,)))
 
 
 def prefill_segment(config: ModelConfig, params, cache: HybridCache, ids_BT: jax.Array,

@@ -1,12 +1,11 @@
 """`generate`: batched sampling with the hybrid cache, returning tokens, log-probs and lengths.
 
 Prompts of different lengths are left-padded (see m1jax/inference/cache.py), prefilled in
-segments, then decoded one token per step with the jitted, cache-donating decode step. The
-loop runs on the host (one small sync per token), which also serves streaming and stops as
-soon as every row is done.
+segments, then decoded one token per step (m1jax/inference/decode_loop.py): without a stream
+callback the whole decode runs on the device in one jitted while_loop; with one, a host loop
+hands each token over as it comes. Both stop as soon as every row is done.
 """
 import dataclasses
-import functools
 from typing import Callable, Optional, Sequence
 
 import jax
@@ -14,12 +13,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from m1jax.inference.cache import init_cache
-from m1jax.inference.forward import decode_step
+from m1jax.inference.decode_loop import device_decode, host_decode
 from m1jax.inference.segmented_prefill import DEFAULT_SEGMENT_LEN, left_pad, prefill
-from m1jax.inference.sampling import sample_tokens, validate_sampling
+from m1jax.inference.sampling import validate_sampling
 
 # Default shape bucket (tokens): see generate's length_bucket.
 DEFAULT_LENGTH_BUCKET = 64
+DECODE_LOOPS = ("auto", "device", "host")
 
 
 @dataclasses.dataclass
@@ -69,24 +69,6 @@ def _validate_ids(prompts, vocab_size: int) -> None:
                        f"[0, vocab_size={vocab_size})")
 
 
-@functools.partial(jax.jit, static_argnames=("temperature", "top_k", "top_p", "stop_after",
-                                             "stop_prob"))
-def _sample_step(logits_BV, key, step, done_B, run_B, eos_tokens, pad_id, *, temperature,
-                 top_k, top_p, stop_after, stop_prob):
-  """Samples one token per row and updates the stop flags; finished rows emit pad_id."""
-  tokens_B, log_prob_B = sample_tokens(logits_BV, jax.random.fold_in(key, step), temperature,
-                                       top_k, top_p)
-  tokens_B = jnp.where(done_B, pad_id, tokens_B)
-  log_prob_B = jnp.where(done_B, 0.0, log_prob_B)
-  new_done_B = done_B | jnp.isin(tokens_B, eos_tokens)
-  if stop_after is not None:
-    # M1 report: stop after `stop_after` consecutive tokens each with probability > stop_prob.
-    confident_B = jnp.exp(log_prob_B) > jnp.float32(stop_prob)
-    run_B = jnp.where(confident_B & ~done_B, run_B + 1, 0)
-    new_done_B = new_done_B | (run_B >= stop_after)
-  return tokens_B, log_prob_B, new_done_B, run_B
-
-
 def _round_up(n: int, multiple: int) -> int:
   return -(-n // multiple) * multiple
 
@@ -97,7 +79,8 @@ def generate(model, params, input_ids, *, max_new_tokens: int, temperature: floa
              max_len: Optional[int] = None, prefill_segment_len: int = DEFAULT_SEGMENT_LEN,
              early_stop_tokens: Optional[int] = None, early_stop_prob: float = 0.99,
              stream: Optional[Callable[[np.ndarray, np.ndarray], None]] = None,
-             length_bucket: int = DEFAULT_LENGTH_BUCKET) -> GenerateOutput:
+             length_bucket: int = DEFAULT_LENGTH_BUCKET,
+             decode_loop: str = "auto") -> GenerateOutput:
   """Samples up to `max_new_tokens` tokens after each prompt.
 
   Args:
@@ -121,6 +104,9 @@ def generate(model, params, input_ids, *, max_new_tokens: int, temperature: floa
       default capacity is rounded up to a multiple of this, and the batch is left-padded to
       a multiple of min(length_bucket, prefill_segment_len) tokens when the capacity has
       room (left padding is exact, see m1jax/inference/cache.py). 1 = exact shapes.
+    decode_loop: "device" (one jitted while_loop, no host sync per token), "host" (a Python
+      loop around the jitted decode step; needed by `stream`), or "auto" (host when streaming,
+      else device). Both give the same tokens, log-probs and lengths.
 
   Returns:
     GenerateOutput. log_probs are log_softmax(logits / temperature) (temperature 0: of the
@@ -140,6 +126,12 @@ def generate(model, params, input_ids, *, max_new_tokens: int, temperature: floa
   _validate_ids(prompts, cfg.vocab_size)
   if isinstance(length_bucket, bool) or not isinstance(length_bucket, int) or length_bucket < 1:
     raise ValueError(f"generate: length_bucket must be an int >= 1; got {length_bucket!r}")
+  if decode_loop not in DECODE_LOOPS:
+    raise ValueError(f"generate: decode_loop must be one of {DECODE_LOOPS}; got "
+                     f"{decode_loop!r}")
+  if decode_loop == "device" and stream is not None:
+    raise ValueError("generate: stream needs decode_loop='host' (or 'auto'); the device loop "
+                     "hands back no tokens until it ends")
   if prefill_segment_len < 1:
     raise ValueError(f"generate: prefill_segment_len must be >= 1; got {prefill_segment_len}")
   longest = max(len(p) for p in prompts)
@@ -161,25 +153,14 @@ def generate(model, params, input_ids, *, max_new_tokens: int, temperature: floa
 
   key = jax.random.key(seed)
   eos_tokens = jnp.asarray(list(eos_ids), jnp.int32)
-  done_B = jnp.zeros((B,), bool)
-  run_B = jnp.zeros((B,), jnp.int32)
-  tokens, log_probs, lengths_B = [], [], np.zeros((B,), np.int32)
-  for step in range(max_new_tokens):
-    emitted_B = ~done_B
-    tokens_B, log_prob_B, done_B, run_B = _sample_step(
-        logits_BV, key, step, done_B, run_B, eos_tokens, jnp.int32(pad_id),
-        temperature=temperature, top_k=top_k, top_p=top_p, stop_after=early_stop_tokens,
-        stop_prob=early_stop_prob)
-    tokens.append(tokens_B)
-    log_probs.append(log_prob_B)
-    emitted = np.asarray(emitted_B)
-    lengths_B += emitted
-    if stream is not None:
-      stream(np.asarray(tokens_B), emitted)
-    if step == max_new_tokens - 1 or bool(jnp.all(done_B)):
-      break
-    logits_BV, cache = decode_step(cfg, params, cache, tokens_B)
-  return GenerateOutput(tokens=np.stack([np.asarray(t) for t in tokens], axis=1),
-                        log_probs=np.stack([np.asarray(x) for x in log_probs], axis=1),
-                        lengths=lengths_B,
+  sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p,
+                  stop_after=early_stop_tokens, stop_prob=early_stop_prob)
+  if decode_loop == "host" or (decode_loop == "auto" and stream is not None):
+    tokens, log_probs, lengths = host_decode(cfg, params, cache, logits_BV, key, eos_tokens,
+                                             pad_id, max_new_tokens, sampling, stream)
+  else:
+    tokens, log_probs, lengths = device_decode(
+        cfg, params, cache, logits_BV, key, eos_tokens, pad_id, max_new_tokens, sampling,
+        width=_round_up(max_new_tokens, length_bucket))
+  return GenerateOutput(tokens=tokens, log_probs=log_probs, lengths=lengths,
                         prompt_lengths=np.asarray([len(p) for p in prompts], np.int32))

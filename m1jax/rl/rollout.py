@@ -57,15 +57,21 @@ def generate_rows(model, params, tokenizer, prompts: list, s, seed: int, *,
                  top_k=s.top_k, top_p=s.top_p, seed=seed,
                  eos_ids=() if eos is None else (eos,), pad_id=tokenizer.pad_id,
                  early_stop_tokens=s.early_stop_tokens, early_stop_prob=s.early_stop_prob)
-  N = len(prompts)
+  return out, finish_reasons(out, eos, s.max_new_tokens)
+
+
+def finish_reasons(out, eos, max_new_tokens: int) -> np.ndarray:
+  """FINISH_* per row of a GenerateOutput: EOS when its last token is `eos`, LENGTH when it
+  used all max_new_tokens, otherwise the M1 early stop."""
+  N = len(out.lengths)
   finish = np.full((N,), FINISH_EARLY_STOP, np.int32)
   for i in range(N):
     L = int(out.lengths[i])
     if eos is not None and L > 0 and out.tokens[i, L - 1] == eos:
       finish[i] = FINISH_EOS
-    elif L >= s.max_new_tokens:
+    elif L >= max_new_tokens:
       finish[i] = FINISH_LENGTH
-  return out, finish
+  return finish
 
 
 def completion_text(tokenizer, tokens) -> str:
