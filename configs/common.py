@@ -115,8 +115,11 @@ def model_config() -> ml_collections.ConfigDict:
   model.param_dtype = "float32"
   # LM head matmul in float32, for exact RL log-probs (M1 report §3.2).
   model.lm_head_fp32 = True
-  # MoE dispatch: "ragged" (sorted tokens, jax.lax.ragged_dot) or "dense" (the reference).
-  model.moe_impl = "ragged"
+  # MoE dispatch (m1jax/ops/grouped_matmul.py): sorted tokens through a grouped matmul,
+  # "auto" (megablox on TPU, ragged on GPU, chunked on CPU: the measured-fastest exact path),
+  # "ragged" (jax.lax.ragged_dot), "chunked" (expert-aligned chunks in one batched matmul),
+  # "megablox" (TPU Pallas gmm/tgmm); or "dense" (every expert on every token, the reference).
+  model.moe_impl = "auto"
   # Lightning operator, forwarded to m1jax.ops.lightning_attention(impl=...); "auto" picks
   # the kernel for the backend.
   model.lightning_impl = "auto"

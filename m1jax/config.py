@@ -16,7 +16,8 @@ from typing import Any, Mapping
 # Attention type codes, as in the remote code's `attn_type_list`.
 LINEAR_ATTENTION = 0
 FULL_ATTENTION = 1
-MOE_IMPLS = ("ragged", "dense")
+# MoE dispatch (m1jax/layers/moe.py; the sorted ones name an m1jax/ops/grouped_matmul.py impl).
+MOE_IMPLS = ("auto", "ragged", "chunked", "megablox", "dense")
 # Softmax attention implementations (m1jax/ops/attention_impl.py).
 ATTENTION_IMPLS = ("auto", "xla", "blockwise", "cudnn", "splash")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -65,7 +66,11 @@ class ModelConfig:
   dtype: str = "float32"            # activations / matmul inputs
   param_dtype: str = "float32"      # stored parameters (the router is always float32)
   lm_head_fp32: bool = True         # LM head matmul in float32 (M1 report §3.2)
-  moe_impl: str = "ragged"          # "ragged" (sorted, jax.lax.ragged_dot) or "dense" (reference)
+  # MoE dispatch: sorted tokens through a grouped matmul, "auto" (the platform's fastest:
+  # megablox on TPU, ragged on GPU, chunked on CPU), "ragged" (jax.lax.ragged_dot), "chunked"
+  # (expert-aligned chunks, one batched matmul), "megablox" (TPU Pallas kernel); or "dense"
+  # (every expert on every token: the reference).
+  moe_impl: str = "auto"
   lightning_impl: str = "auto"      # forwarded to m1jax.ops.lightning_attention(impl=...)
   # Softmax attention: "xla" (fp32 [B,H,T,S] logits), "blockwise" (pure-JAX flash), "cudnn"
   # (GPU), "splash" (TPU), "auto" (splash/cudnn where they fit, else blockwise).

@@ -171,7 +171,7 @@ def test_456b_config_has_every_released_value():
     pytest.param(dict(attn_type_list=(0, 2, 0, 1)), "attn_type_list[1]", id="attn-type-2"),
     pytest.param(dict(attn_type_list=(0, 0, "linear_attention", 1)), "attn_type_list[2]",
                  id="attn-type-string"),
-    pytest.param(dict(moe_impl="megablox"), "moe_impl", id="unknown-moe-impl"),
+    pytest.param(dict(moe_impl="gmm"), "moe_impl", id="unknown-moe-impl"),
     pytest.param(dict(dtype="float8"), "dtype", id="unknown-dtype"),
     pytest.param(dict(param_dtype="int8"), "param_dtype", id="unknown-param-dtype"),
     pytest.param(dict(hidden_size=0), "hidden_size", id="zero-hidden"),

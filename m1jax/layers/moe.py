@@ -2,10 +2,12 @@
 (docs/MODEL.md §7).
 
 Two dispatch paths compute the same function:
-  * "ragged" (default): dropless; sort the A = N*R (token, expert) assignments by expert, run the
-    three expert matmuls as grouped matmuls with `jax.lax.ragged_dot`, unsort, combine;
+  * sorted (moe_impl "auto", the default, "ragged", "chunked", "megablox"): dropless; sort the
+    A = N*R (token, expert) assignments by expert, run the three expert matmuls as grouped
+    matmuls (m1jax.ops.grouped_matmul; the moe_impl picks its implementation: "ragged" is
+    jax.lax.ragged_dot, "auto" the measured-fastest for the platform), unsort, combine;
   * "dense": every expert on every token, then a one-hot-weighted sum. O(E) compute; the
-    readable reference the ragged path is tested against.
+    readable reference the sorted path is tested against.
 The block also returns the per-layer sums the Switch load-balancing loss needs
 (m1jax.losses.load_balancing_loss), so the loss can be formed over all layers jointly, as
 the reference does, without materialising every layer's router logits.
@@ -18,7 +20,12 @@ import jax.numpy as jnp
 
 from m1jax.config import ModelConfig
 from m1jax.layers import params as lp
-from m1jax.ops.grouped_matmul import grouped_matmul
+from m1jax.ops import grouped_matmul_chunked as chunked
+from m1jax.ops.grouped_matmul import grouped_matmul, resolve
+
+# moe_impl -> m1jax.ops.grouped_matmul impl, for the sorted dispatch ("dense" is not sorted).
+GROUPED_MATMUL_IMPL = {"auto": "auto", "ragged": "ragged_dot", "chunked": "chunked",
+                       "megablox": "megablox"}
 
 
 class RouterStats(NamedTuple):
@@ -68,17 +75,30 @@ def swiglu_dense(x_NM, w1_EMF, w3_EMF, w2_EFM, weights_NR, experts_NR):
                     preferred_element_type=jnp.float32).astype(dtype)
 
 
-def expert_ffn_grouped(x_AM, w1_EMF, w3_EMF, w2_EFM, group_sizes_E):
+def expert_ffn_grouped(x_AM, w1_EMF, w3_EMF, w2_EFM, group_sizes_E, impl: str = "auto"):
   """SwiGLU of rows already sorted by expert: the three grouped matmuls. The single call site
-  of m1jax.ops.grouped_matmul for every MoE dispatch (local and expert-parallel)."""
+  of m1jax.ops.grouped_matmul for every MoE dispatch (local and expert-parallel); `impl` is a
+  grouped_matmul implementation ("auto": the platform's fastest). Rows past sum(group_sizes)
+  come out zero."""
   dtype = x_AM.dtype
-  gate_AF = grouped_matmul(x_AM, w1_EMF.astype(dtype), group_sizes_E)
-  up_AF = grouped_matmul(x_AM, w3_EMF.astype(dtype), group_sizes_E)
-  return grouped_matmul(jax.nn.silu(gate_AF) * up_AF, w2_EFM.astype(dtype), group_sizes_E)
+  w1_EMF, w3_EMF, w2_EFM = (w.astype(dtype) for w in (w1_EMF, w3_EMF, w2_EFM))
+  if resolve(impl, dtype) == "chunked":
+    # One chunk layout for all three matmuls: the [Z, C, F] hidden never leaves it.
+    layout = chunked.chunk_layout(group_sizes_E, x_AM.shape[0])
+    x_ZCM = chunked.to_chunks(x_AM, layout)
+    gate_ZCF = chunked.chunked_matmul(x_ZCM, w1_EMF, layout)
+    up_ZCF = chunked.chunked_matmul(x_ZCM, w3_EMF, layout)
+    y_ZCM = chunked.chunked_matmul(jax.nn.silu(gate_ZCF) * up_ZCF, w2_EFM, layout)
+    return chunked.from_chunks(y_ZCM, layout)
+  gate_AF = grouped_matmul(x_AM, w1_EMF, group_sizes_E, impl)
+  up_AF = grouped_matmul(x_AM, w3_EMF, group_sizes_E, impl)
+  return grouped_matmul(jax.nn.silu(gate_AF) * up_AF, w2_EFM, group_sizes_E, impl)
 
 
-def swiglu_ragged(x_NM, w1_EMF, w3_EMF, w2_EFM, weights_NR, experts_NR):
-  """Dropless sorted dispatch with grouped matmuls (expert_ffn_grouped)."""
+def swiglu_ragged(x_NM, w1_EMF, w3_EMF, w2_EFM, weights_NR, experts_NR,
+                  impl: str = "ragged_dot"):
+  """Dropless sorted dispatch with grouped matmuls (expert_ffn_grouped; `impl` as there, the
+  default being the ragged_dot this function is named after)."""
   N, M = x_NM.shape
   E, R, dtype = w1_EMF.shape[0], experts_NR.shape[1], x_NM.dtype
   experts_A = experts_NR.reshape(-1)                           # assignment a = n*R + r
@@ -86,14 +106,19 @@ def swiglu_ragged(x_NM, w1_EMF, w3_EMF, w2_EFM, weights_NR, experts_NR):
   x_AM = x_NM[order_A // R]                                    # grouped by expert
   # Experts that receive no token get a zero-size group; the grouped matmul handles that.
   group_sizes_E = jnp.bincount(experts_A, length=E).astype(jnp.int32)
-  y_AM = expert_ffn_grouped(x_AM, w1_EMF, w3_EMF, w2_EFM, group_sizes_E)
+  y_AM = expert_ffn_grouped(x_AM, w1_EMF, w3_EMF, w2_EFM, group_sizes_E, impl)
   # Unsort: scatter each sorted row back to its assignment slot.
   y_NRM = jnp.zeros_like(y_AM).at[order_A].set(y_AM).reshape(N, R, M)
   return jnp.einsum("nr,nrm->nm", weights_NR, y_NRM,
                     preferred_element_type=jnp.float32).astype(dtype)
 
 
-_DISPATCH = {"dense": swiglu_dense, "ragged": swiglu_ragged}
+def swiglu(moe_impl: str, x_NM, w1_EMF, w3_EMF, w2_EFM, weights_NR, experts_NR):
+  """The dispatch ModelConfig.moe_impl names (m1jax.config.MOE_IMPLS)."""
+  if moe_impl == "dense":
+    return swiglu_dense(x_NM, w1_EMF, w3_EMF, w2_EFM, weights_NR, experts_NR)
+  return swiglu_ragged(x_NM, w1_EMF, w3_EMF, w2_EFM, weights_NR, experts_NR,
+                       GROUPED_MATMUL_IMPL[moe_impl])
 
 
 class SparseMoE(nn.Module):
@@ -115,6 +140,6 @@ class SparseMoE(nn.Module):
     x_NM = h_BTM.reshape(B * T, M)
     probs_NE, weights_NR, experts_NR = route(x_NM, router, cfg.num_experts_per_tok)
     mask_N = None if token_mask_BT is None else token_mask_BT.reshape(B * T)
-    y_NM = _DISPATCH[cfg.moe_impl](x_NM.astype(dtype), w1, w3, w2, weights_NR, experts_NR)
+    y_NM = swiglu(cfg.moe_impl, x_NM.astype(dtype), w1, w3, w2, weights_NR, experts_NR)
     y_BTM = lp.constrain(y_NM.reshape(B, T, M), (lp.BATCH, lp.LENGTH, lp.EMBED))
     return y_BTM, router_stats(probs_NE, experts_NR, mask_N)
