@@ -84,8 +84,6 @@ def _kernel(module_name: str):
   return run
 
 
-_MOSAIC_GPU_BLOCKED = ("does not lower for cuda (jax 0.11.2: dot_general has no Mosaic GPU "
-                       "lowering; WORKSPACE_NOTES.md, Issue 12)")
 
 # THE table: name -> implementation, evidence per platform, block-size rule.
 TABLE: dict[str, Implementation] = {
@@ -99,9 +97,10 @@ TABLE: dict[str, Implementation] = {
         chunk_rule="multiple16"),
     "pallas_gpu": Implementation(
         _kernel("pallas_kernels.lightning_gpu_ops"),
-        status={"gpu": _MOSAIC_GPU_BLOCKED, "tpu": "GPU kernel", "cpu": "interpret mode only"},
-        chunk_rule="multiple16",
-        blocked={"gpu": _MOSAIC_GPU_BLOCKED}),
+        # Compiled: bf16 only (the kernel raises ValueError for float32 on a GPU).
+        status={"gpu": "lowers and compiles (bf16) for an H100 on CPU; never run on a GPU",
+                "tpu": "GPU kernel", "cpu": "interpret mode only"},
+        chunk_rule="multiple16"),
     "pallas_triton": Implementation(
         _kernel("pallas_kernels.lightning_triton_ops"),
         status={"gpu": "lowers and compiles for an H100 on CPU; never run on a GPU",

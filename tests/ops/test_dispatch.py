@@ -1,5 +1,6 @@
 """The lightning_attention implementation table (m1jax/ops/linear_attention.py): fail-closed
 "auto", explicit names that cannot run say why, and the choice is logged once per shape."""
+import dataclasses
 import logging
 
 import jax
@@ -44,7 +45,14 @@ def test_auto_is_fail_closed_per_platform(monkeypatch, backend, expected):
 def test_explicit_kernel_that_cannot_run_here_says_why(monkeypatch):
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   q, k, v, slope = _inputs()
-  with pytest.raises(ValueError, match="impl='pallas_gpu' cannot run on gpu: does not lower"):
+  # The compiled Mosaic GPU kernel takes bf16 only; asked for float32 on a GPU it says so.
+  assert q.dtype == jnp.float32
+  with pytest.raises(ValueError, match="compiled Mosaic GPU kernel takes bfloat16"):
+    lightning_attention(q, k, v, slope, impl="pallas_gpu")
+  # A row's `blocked` reason reaches the caller.
+  monkeypatch.setitem(la.TABLE, "pallas_gpu", dataclasses.replace(
+      la.TABLE["pallas_gpu"], blocked={"gpu": "a reason"}))
+  with pytest.raises(ValueError, match="impl='pallas_gpu' cannot run on gpu: a reason"):
     lightning_attention(q, k, v, slope, impl="pallas_gpu")
 
 
