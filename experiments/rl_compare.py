@@ -149,9 +149,8 @@ def _summarise(results: dict) -> dict:
 
 
 def _plot(results, summary, path):
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  from m1jax.train.plot import pyplot
+  plt = pyplot()
   import numpy as np
   fig, axes = plt.subplots(1, 4, figsize=(20, 4.4))
   colors = {"dapo": "C0", "cispo": "C3", "cispo_eps4": "C1", "grpo": "C2"}

@@ -59,7 +59,8 @@ def main(argv):
     batch = sample_rollouts(model, params, tokenizer, task, examples, s, seed=7)
     trainer = np.asarray(trainer_logprobs(params, jnp.asarray(batch.tokens_BT),
                                           jnp.asarray(batch.token_mask_BT), model=model,
-                                          temperature=s.temperature))
+                                          temperature=s.temperature,
+                                          loss_chunk_tokens=sft_config.train.loss_chunk_tokens))
     m = mismatch_metrics(batch.old_logp_BT, trainer, batch.mask_BT)
     mask = batch.mask_BT > 0
     m.update(tokens=int(mask.sum()), reward_mean=float(batch.rewards_N.mean()),
@@ -70,9 +71,8 @@ def main(argv):
           f"{m['train_infer/logp_absdiff_mean']:.2e} max "
           f"{m['train_infer/logp_absdiff_max']:.2e} ({m['tokens']} tokens)", flush=True)
 
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  from m1jax.train.plot import pyplot
+  plt = pyplot()
   fig, axes = plt.subplots(1, len(SETTINGS), figsize=(5 * len(SETTINGS), 4.6))
   for ax, (label, _, _) in zip(axes, SETTINGS):
     x, y = scatter[label]

@@ -38,14 +38,10 @@ def _check_chunk(chunk_tokens) -> None:
     raise ValueError(f"chunk_tokens must be a positive int, got {chunk_tokens!r}")
 
 
-def token_log_probs(hidden_BTM: jax.Array, w_head_MV: jax.Array, targets_BT: jax.Array,
-                    config: ModelConfig, *, chunk_tokens: int = DEFAULT_CHUNK) -> jax.Array:
-  """[B,T] float32 log p(targets_BT[b,t] | the model's head at position t).
-
-  No shift: pass targets_BT = ids[:, 1:] with hidden_BTM[:, :-1] for next-token scores.
-  Targets outside [0, V) (e.g. IGNORE_INDEX) score as token 0; mask them yourself.
-  Differentiable; memory O(B·chunk_tokens·V) in the forward and the backward.
-  """
+def _chunked_scan(hidden_BTM, w_head_MV, targets_BT, config, chunk_tokens, per_chunk):
+  """Runs `per_chunk(logits_BCV, safe_targets_BC) -> tree of [B,C]` over C-position chunks
+  of every row (a jax.checkpoint-ed scan body: one chunk's logits alive, recomputed in the
+  backward) and stitches the results back to [B,T]."""
   _check_chunk(chunk_tokens)
   B, T, M = hidden_BTM.shape
   V = w_head_MV.shape[1]
@@ -62,11 +58,46 @@ def token_log_probs(hidden_BTM: jax.Array, w_head_MV: jax.Array, targets_BT: jax
     # all-reduce the chunk's logits on every chip).
     logits_BCV = nn.with_logical_constraint(apply_lm_head(h_BCM, w_head_MV, config),
                                             (lp.BATCH, lp.LENGTH, lp.VOCAB))
-    picked_BC = jnp.take_along_axis(logits_BCV, t_BC[..., None], axis=-1)[..., 0]
-    return picked_BC - jax.nn.logsumexp(logits_BCV, axis=-1)
+    return per_chunk(logits_BCV, t_BC)
 
-  _, logp_ZBC = jax.lax.scan(lambda carry, x: (carry, chunk(*x)), None, (h_ZBCM, t_ZBC))
-  return logp_ZBC.swapaxes(0, 1).reshape(B, Z * C)[:, :T]
+  _, out_ZBC = jax.lax.scan(lambda carry, x: (carry, chunk(*x)), None, (h_ZBCM, t_ZBC))
+  return jax.tree.map(lambda x: x.swapaxes(0, 1).reshape(B, Z * C)[:, :T], out_ZBC)
+
+
+def _picked_log_prob(logits_BCV, t_BC):
+  picked_BC = jnp.take_along_axis(logits_BCV, t_BC[..., None], axis=-1)[..., 0]
+  return picked_BC - jax.nn.logsumexp(logits_BCV, axis=-1)
+
+
+def token_log_probs(hidden_BTM: jax.Array, w_head_MV: jax.Array, targets_BT: jax.Array,
+                    config: ModelConfig, *, chunk_tokens: int = DEFAULT_CHUNK) -> jax.Array:
+  """[B,T] float32 log p(targets_BT[b,t] | the model's head at position t).
+
+  No shift: pass targets_BT = ids[:, 1:] with hidden_BTM[:, :-1] for next-token scores.
+  Targets outside [0, V) (e.g. IGNORE_INDEX) score as token 0; mask them yourself.
+  Differentiable; memory O(B·chunk_tokens·V) in the forward and the backward.
+  """
+  return _chunked_scan(hidden_BTM, w_head_MV, targets_BT, config, chunk_tokens,
+                       _picked_log_prob)
+
+
+def token_log_probs_and_entropy(hidden_BTM: jax.Array, w_head_MV: jax.Array,
+                                targets_BT: jax.Array, config: ModelConfig, *,
+                                chunk_tokens: int = DEFAULT_CHUNK
+                                ) -> tuple[jax.Array, jax.Array]:
+  """(token_log_probs(...), the entropy of each position's distribution), both [B,T] fp32,
+  from one head matmul per chunk. The entropy is a metric: it carries no gradient (so the
+  backward recomputes only what the log-probs need)."""
+
+  def per_chunk(logits_BCV, t_BC):
+    lse_BC = jax.nn.logsumexp(logits_BCV, axis=-1)
+    picked_BC = jnp.take_along_axis(logits_BCV, t_BC[..., None], axis=-1)[..., 0]
+    # -sum(p log p) with log p = z - lse (never the log of an underflowed p).
+    logp_BCV = jax.lax.stop_gradient(logits_BCV - lse_BC[..., None])
+    entropy_BC = -jnp.sum(jnp.exp(logp_BCV) * logp_BCV, axis=-1)
+    return picked_BC - lse_BC, entropy_BC
+
+  return _chunked_scan(hidden_BTM, w_head_MV, targets_BT, config, chunk_tokens, per_chunk)
 
 
 def next_token_loss_sum(hidden_BTM: jax.Array, w_head_MV: jax.Array, labels_BT: jax.Array,

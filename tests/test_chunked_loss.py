@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from m1jax.chunked_loss import chunked_next_token_loss, token_log_probs
+from m1jax.chunked_loss import (chunked_next_token_loss, token_log_probs,
+                                token_log_probs_and_entropy)
 from m1jax.losses import IGNORE_INDEX, next_token_loss
 from m1jax.model import MiniMaxM1ForCausalLM
 from m1jax.train.step import _forward
@@ -103,3 +104,32 @@ def test_trainer_forward_same_loss_aux_and_gradients_with_either_path():
   assert_close(aux1, aux0, tol=0.0, name="aux")
   for (path, a), e in zip(jax.tree_util.tree_leaves_with_path(g1), jax.tree.leaves(g0)):
     assert_close(a, e, tol=1e-5, name=jax.tree_util.keystr(path))
+
+
+def test_token_log_probs_and_entropy_equal_the_full_distribution():
+  """Entropy by chunks against -sum(p log p) of the full logits, on rows from near-uniform
+  to saturated (|logit| ~ 1e3: p underflows to 0 for all but one token), with out-of-range
+  targets; the log-probs and their gradient equal token_log_probs', the entropy has none."""
+  import types
+  cfg = types.SimpleNamespace(lm_head_fp32=True, dtype="float32")
+  rng = np.random.default_rng(0)
+  h = rng.normal(size=(3, T - 1, 8)).astype(np.float32)
+  h *= np.array([1e-3, 1.0, 300.0], np.float32)[:, None, None]  # uniform .. one-hot rows
+  h, w = jnp.asarray(h), jnp.asarray(rng.normal(size=(8, 50)).astype(np.float32))
+  targets = jnp.asarray(rng.integers(0, 50, (3, T - 1))).at[0, 0].set(IGNORE_INDEX)
+  logp_full = jax.nn.log_softmax(h @ w, axis=-1)
+  entropy_full = -jnp.sum(jnp.exp(logp_full) * logp_full, axis=-1)
+  fn = lambda h, w: token_log_probs_and_entropy(h, w, targets, cfg, chunk_tokens=CHUNK)
+  logp, entropy = jax.jit(fn)(h, w)
+  assert_close(entropy, entropy_full, tol=1e-5, name="entropy")
+  assert float(entropy[0].min()) > 3.9 and float(entropy[2].max()) < 1e-3
+  assert_close(logp, token_log_probs(h, w, targets, cfg, chunk_tokens=CHUNK), tol=0,
+               name="logp")
+  g = jax.grad(lambda h, w: jnp.sum(fn(h, w)[0]), argnums=(0, 1))(h, w)
+  g_ref = jax.grad(lambda h, w: jnp.sum(token_log_probs(h, w, targets, cfg,
+                                                        chunk_tokens=CHUNK)),
+                   argnums=(0, 1))(h, w)
+  for a, e in zip(g, g_ref):
+    assert_close(a, e, tol=1e-6, name="logp grad")
+  assert all(float(jnp.max(jnp.abs(x))) == 0 for x in
+             jax.grad(lambda h, w: jnp.sum(fn(h, w)[1]), argnums=(0, 1))(h, w))

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from m1jax import sharding
 from m1jax.config import ModelConfig
 from m1jax.model import MiniMaxM1ForCausalLM
 from m1jax.rl.checkpoint import RLCheckpointer
@@ -23,11 +24,12 @@ from m1jax.rl.config import resolve
 from m1jax.rl.evaluate import eval_examples, evaluate_policy
 from m1jax.rl.rollout import (FINISH_EARLY_STOP, FINISH_LENGTH, minibatches,
                               mismatch_metrics, sample_rollouts, sampler_seed)
-from m1jax.rl.step import rl_update, trainer_logprobs
+from m1jax.rl.step import make_rl_step, trainer_logprobs
 from m1jax.train.data import make_tokenizer
 from m1jax.train.metrics import MetricsWriter
 from m1jax.train.optimizer import make_optimizer
-from m1jax.train.state import TrainState
+from m1jax.train.preemption import CheckpointTail
+from m1jax.train.state import state_shardings, train_state_from_params
 
 # Per-minibatch-index copies of these are logged as "<name>/mb<k>" (k from 1).
 _PER_MINIBATCH = ("clip_ratio/high_mean", "clip_ratio/low_mean", "cispo/clip_frac",
@@ -137,9 +139,20 @@ class RLRun:
     self.tx, self.schedule = rl_optimizer(config, s)
     if params is None:
       params = load_sft_params(config, s.init_checkpoint)
-    self.ref_params = params if s.kl_coef > 0 else None
-    self.state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                            opt_state=self.tx.init(params))
+    # The SFT trainer's machinery: the state in its shardings on config.mesh (Auto axes),
+    # the update jitted by m1jax.train.step.jit_step with the state donated.
+    self.mesh = sharding.make_mesh(config.get("mesh", "fsdp=-1"))
+    self.loss_chunk_tokens = config.train.loss_chunk_tokens
+    self.shardings = state_shardings(self.model, self.tx, self.mesh)
+    self.update = make_rl_step(self.model, self.tx, self.mesh, self.shardings, settings=s,
+                               loss_chunk_tokens=self.loss_chunk_tokens)
+    # A copy (may_alias=False): the update donates the state's buffers, and the caller's
+    # params (rl_compare reuses one SFT tree for every run) must outlive it.
+    self.state = train_state_from_params(
+        jax.device_put(params, self.shardings.params, may_alias=False), self.tx, self.mesh,
+        self.shardings)
+    self.ref_params = (jax.device_put(params, self.shardings.params, may_alias=False)
+                       if s.kl_coef > 0 else None)
     self.eval_set = eval_examples(self.task, s)
 
   def evaluate(self) -> dict:
@@ -164,7 +177,8 @@ class RLRun:
       t1 = time.perf_counter()
       trainer_logp = np.asarray(trainer_logprobs(
           self.state.params, jnp.asarray(batch.tokens_BT), jnp.asarray(batch.token_mask_BT),
-          model=self.model, temperature=s.temperature))
+          model=self.model, temperature=s.temperature,
+          loss_chunk_tokens=self.loss_chunk_tokens))
       metrics.update(mismatch_metrics(batch.old_logp_BT, trainer_logp, batch.mask_BT))
       metrics["time/recompute"] = time.perf_counter() - t1
       if s.old_logprobs == "trainer":
@@ -173,16 +187,17 @@ class RLRun:
     if s.kl_coef > 0:
       ref_logp = np.asarray(trainer_logprobs(
           self.ref_params, jnp.asarray(batch.tokens_BT), jnp.asarray(batch.token_mask_BT),
-          model=self.model, temperature=s.temperature))
+          model=self.model, temperature=s.temperature,
+          loss_chunk_tokens=self.loss_chunk_tokens))
     t2 = time.perf_counter()
     per_update = []
     for epoch in range(s.num_epochs):
       rng = np.random.default_rng([s.seed, step, epoch, 0x3B])
       for mb in minibatches(batch, s, rng):
         rows = mb.pop("rows")
-        ref = (np.zeros_like(mb["old_logp_BT"]) if ref_logp is None else ref_logp[rows])
-        self.state, m = rl_update(self.state, jax.tree.map(jnp.asarray, mb), jnp.asarray(ref),
-                                  model=self.model, tx=self.tx, settings=s)
+        mb["ref_logp_BT"] = (np.zeros_like(mb["old_logp_BT"]) if ref_logp is None
+                             else ref_logp[rows])
+        self.state, m = self.update(self.state, mb)
         m = jax.device_get(m)
         if not math.isfinite(float(m["loss"])) or not bool(m["params_finite"]):
           raise FloatingPointError(f"non-finite RL loss or params at rollout step {step + 1} "
@@ -215,7 +230,6 @@ def train_rl(config: ml_collections.ConfigDict, workdir: str, *, params=None,
              verbose: bool = True) -> dict:
   """Runs config.rl in `workdir` (resuming from its latest checkpoint); returns a summary
   with the first and last evals. `params` (optional) replaces rl.init_checkpoint."""
-  from m1jax.train.loop import _Preemption
   run = RLRun(config, workdir, params=params, verbose=verbose)
   s = run.s
   os.makedirs(workdir, exist_ok=True)
@@ -248,31 +262,24 @@ def train_rl(config: ml_collections.ConfigDict, workdir: str, *, params=None,
 
   if step == 0:
     run_eval(0)
-  last_saved = start
-  try:
-    with _Preemption() as preemption:
-      while step < s.num_steps:
-        check = s.mismatch_check_every > 0 and step % s.mismatch_check_every == 0
-        metrics = run.step(step, check_mismatch=check)
-        step += 1
-        writer.write(step, metrics, prefix="train/")
-        if verbose and (step % s.log_every == 0 or step == s.num_steps):
-          print(_progress(step, metrics), flush=True)
-        if step % s.eval_every == 0 or step == s.num_steps:
-          run_eval(step)
-        if step % s.checkpoint_every == 0 or step == s.num_steps or preemption.requested:
-          ckpt.save(step, run.state, {"rollout_step": step, "seed": s.seed,
-                                      "next_prompt_index": s.prompt_offset
-                                      + step * s.prompts_per_step}, config_dict)
-          last_saved = step
-        if preemption.requested:
-          print(f"SIGTERM: saved RL step {step}; exiting.", flush=True)
-          summary["preempted"] = True
-          break
-  finally:
-    ckpt.close()
-    writer.close()
-  summary.update(step=step, last_checkpoint=last_saved)
+  save = lambda at: ckpt.save(at, run.state, {
+      "rollout_step": at, "seed": s.seed,
+      "next_prompt_index": s.prompt_offset + at * s.prompts_per_step}, config_dict)
+  with CheckpointTail(save, every=s.checkpoint_every, last_step=s.num_steps,
+                      close=(ckpt.close, writer.close), last_saved=start,
+                      what="RL step") as tail:
+    while step < s.num_steps:
+      check = s.mismatch_check_every > 0 and step % s.mismatch_check_every == 0
+      metrics = run.step(step, check_mismatch=check)
+      step += 1
+      writer.write(step, metrics, prefix="train/")
+      if verbose and (step % s.log_every == 0 or step == s.num_steps):
+        print(_progress(step, metrics), flush=True)
+      if step % s.eval_every == 0 or step == s.num_steps:
+        run_eval(step)
+      if tail.after_step(step):
+        break
+  summary.update(step=step, last_checkpoint=tail.last_saved, preempted=tail.preempted)
   if s.plot:
     from m1jax.rl.plot import plot_rl
     summary["plot"] = plot_rl(workdir)

@@ -2,19 +2,13 @@
 import os
 
 from m1jax.train.metrics import read_metrics
+from m1jax.train.plot import pyplot, series
 
 
 def plot_rl(workdir: str, path: str | None = None) -> str:
-  import matplotlib
-  matplotlib.use("Agg")  # no display on servers and CI
-  import matplotlib.pyplot as plt
-
+  plt = pyplot()
   records = read_metrics(workdir)
   path = path or os.path.join(workdir, "rl_curves.png")
-
-  def series(key):
-    pts = [(r["step"], r[key]) for r in records if key in r]
-    return [p[0] for p in pts], [p[1] for p in pts]
 
   fig, axes = plt.subplots(1, 4, figsize=(18, 4))
   panels = (
@@ -29,7 +23,7 @@ def plot_rl(workdir: str, path: str | None = None) -> str:
                                     ("train/response_length/max", "max")], None))
   for ax, (title, keys, ylim) in zip(axes, panels):
     for key, label in keys:
-      x, y = series(key)
+      x, y = series(records, key)
       if x:
         ax.plot(x, y, label=label, marker="o" if key.startswith("eval") else None)
     ax.set_title(title)

@@ -7,8 +7,6 @@ uninterrupted run would have done.
 """
 import math
 import os
-import signal
-import threading
 import time
 
 import jax
@@ -26,30 +24,10 @@ from m1jax.train.init_from import load_init_params
 from m1jax.train.metrics import MetricsWriter
 from m1jax.train.optimizer import make_optimizer
 from m1jax.train.plot import plot_curves
+from m1jax.train.preemption import CheckpointTail
 from m1jax.train.state import (abstract_train_state, init_train_state, state_shardings,
                                train_state_from_params)
 from m1jax.train.step import batch_sharding, check_batch, make_train_step
-
-
-class _Preemption:
-  """Turns SIGTERM into a flag the loop polls (only the main thread may install handlers)."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = None
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
 
 
 def _validate(config) -> None:
@@ -156,45 +134,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   if step == 0 and t.eval_at_start:
     run_eval(0)
-  last_saved = start
   window_tokens, window_start = 0, time.perf_counter()
-  try:
-    with _Preemption() as preemption:
-      while step < t.num_steps:
-        state, metrics = train_step(state, global_batch(next(data_iter), mesh))
-        step += 1
-        loss = float(metrics["loss"])  # also a sync point, so timings below are real
-        if not math.isfinite(loss) or not bool(metrics["params_finite"]):
-          ckpt.wait()
-          what = "loss" if not math.isfinite(loss) else "parameters after the update"
-          raise FloatingPointError(
-              f"non-finite training {what} (loss {loss}) at step {step}; stopping. The "
-              f"last good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}. Lower "
-              "optimizer.learning_rate or set optimizer.grad_clip_norm.")
-        window_tokens += int(metrics["tokens"])
-        if step % t.log_every == 0 or step == t.num_steps:
-          elapsed = time.perf_counter() - window_start
-          tokens_per_s = window_tokens / max(elapsed, 1e-9)
-          logged = {"loss": loss, "ce_loss": metrics["ce_loss"],
-                    "aux_loss": metrics["aux_loss"], "grad_norm": metrics["grad_norm"],
-                    "lr": schedule(step - 1), "tokens_per_s": tokens_per_s}
-          if peak > 0:
-            logged["mfu"] = tokens_per_s * flops / peak
-          writer.write(step, logged, console=True, prefix="train/")
-          window_tokens, window_start = 0, time.perf_counter()
-        if step % t.eval_every == 0 or step == t.num_steps:
-          run_eval(step)
-        if step % t.checkpoint_every == 0 or step == t.num_steps or preemption.requested:
-          ckpt.save(step, state, data_iter, config_dict)
-          last_saved = step
-        if preemption.requested:
-          print(f"SIGTERM: saved step {step}; exiting.", flush=True)
-          summary["preempted"] = True
-          break
-  finally:
-    ckpt.close()
-    writer.close()
-  summary.update(step=step, last_checkpoint=last_saved)
+  save = lambda at: ckpt.save(at, state, data_iter, config_dict)
+  with CheckpointTail(save, every=t.checkpoint_every, last_step=t.num_steps,
+                      close=(ckpt.close, writer.close), last_saved=start) as tail:
+    while step < t.num_steps:
+      state, metrics = train_step(state, global_batch(next(data_iter), mesh))
+      step += 1
+      loss = float(metrics["loss"])  # also a sync point, so timings below are real
+      if not math.isfinite(loss) or not bool(metrics["params_finite"]):
+        ckpt.wait()
+        what = "loss" if not math.isfinite(loss) else "parameters after the update"
+        raise FloatingPointError(
+            f"non-finite training {what} (loss {loss}) at step {step}; stopping. The "
+            f"last good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}. Lower "
+            "optimizer.learning_rate or set optimizer.grad_clip_norm.")
+      window_tokens += int(metrics["tokens"])
+      if step % t.log_every == 0 or step == t.num_steps:
+        elapsed = time.perf_counter() - window_start
+        tokens_per_s = window_tokens / max(elapsed, 1e-9)
+        logged = {"loss": loss, "ce_loss": metrics["ce_loss"],
+                  "aux_loss": metrics["aux_loss"], "grad_norm": metrics["grad_norm"],
+                  "lr": schedule(step - 1), "tokens_per_s": tokens_per_s}
+        if peak > 0:
+          logged["mfu"] = tokens_per_s * flops / peak
+        writer.write(step, logged, console=True, prefix="train/")
+        window_tokens, window_start = 0, time.perf_counter()
+      if step % t.eval_every == 0 or step == t.num_steps:
+        run_eval(step)
+      if tail.after_step(step):
+        break
+  summary.update(step=step, last_checkpoint=tail.last_saved, preempted=tail.preempted)
   if t.plot and primary:
     summary["plot"] = plot_curves(workdir)
   return summary

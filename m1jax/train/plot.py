@@ -1,24 +1,33 @@
-"""A PNG of the training loss, held-out loss and task accuracy curves."""
+"""A PNG of the training loss, held-out loss and task accuracy curves; `pyplot` and `series`
+are shared with the RL run's plot (m1jax/rl/plot.py)."""
 import os
 
 from m1jax.train.metrics import read_metrics
 
 
-def plot_curves(workdir: str, path: str | None = None) -> str:
+def pyplot():
+  """matplotlib.pyplot on the Agg backend (no display on servers and CI); imported lazily
+  so the trainer does not pay for matplotlib unless it plots."""
   import matplotlib
-  matplotlib.use("Agg")  # no display on servers and CI
+  matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  return plt
 
+
+def series(records: list[dict], key: str) -> tuple[list, list]:
+  """(steps, values) of the metrics records (m1jax.train.metrics.read_metrics) holding key."""
+  pts = [(r["step"], r[key]) for r in records if key in r]
+  return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def plot_curves(workdir: str, path: str | None = None) -> str:
+  plt = pyplot()
   records = read_metrics(workdir)
   path = path or os.path.join(workdir, "curves.png")
 
-  def series(key):
-    pts = [(r["step"], r[key]) for r in records if key in r]
-    return [p[0] for p in pts], [p[1] for p in pts]
-
   fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
   for key, label in (("train/loss", "train loss"), ("eval/loss", "held-out loss")):
-    x, y = series(key)
+    x, y = series(records, key)
     if x:
       ax_loss.plot(x, y, label=label, marker="o" if key.startswith("eval") else None)
   ax_loss.set_xlabel("step")
@@ -26,7 +35,7 @@ def plot_curves(workdir: str, path: str | None = None) -> str:
   ax_loss.set_yscale("log")
   ax_loss.legend()
   for key, label in (("eval/accuracy", "exact match"), ("eval/graded_accuracy", "graded")):
-    x, y = series(key)
+    x, y = series(records, key)
     if x:
       ax_acc.plot(x, y, label=label, marker="o")
   ax_acc.set_xlabel("step")

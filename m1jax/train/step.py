@@ -1,7 +1,9 @@
 """The train and eval steps: loss = CE + router_aux_coef * aux, grad accumulation.
 
 `make_train_step` jits `train_step` for a mesh: state in and out in its shardings (and
-donated), the batch split over the mesh's batch axes, activation constraints active.
+donated), the batch split over the mesh's batch axes, activation constraints active. The
+building blocks (`microbatches`, `accumulate_gradients`, `apply_gradients`, `jit_step`) are
+shared with the RL update (m1jax/rl/step.py), which differs only in its objective.
 """
 import functools
 
@@ -17,8 +19,9 @@ from m1jax.losses import IGNORE_INDEX, next_token_loss
 from m1jax.train.data.pipeline import targets
 from m1jax.train.state import TrainState
 
-__all__ = ["TrainState", "batch_sharding", "check_batch", "eval_step", "make_train_step",
-           "predict_step", "train_step"]
+__all__ = ["TrainState", "accumulate_gradients", "all_finite", "apply_gradients",
+           "batch_sharding", "check_batch", "eval_step", "jit_step", "make_train_step",
+           "microbatches", "predict_step", "train_step"]
 
 
 def _forward(model, params, batch, loss_chunk_tokens: int = DEFAULT_CHUNK):
@@ -41,50 +44,80 @@ def _forward(model, params, batch, loss_chunk_tokens: int = DEFAULT_CHUNK):
   return ce_sum, count, out.aux_loss
 
 
+def microbatches(batch, accum_steps: int):
+  """Splits every [B, ...] array of `batch` into [accum_steps, B/accum_steps, ...].
+
+  Microbatch i holds rows i, i + accum_steps, ...: each device's contiguous block of rows
+  then splits evenly into the microbatches, so no microbatch needs rows moved between
+  devices.
+  """
+  return jax.tree.map(lambda x: x.reshape((-1, accum_steps) + x.shape[1:]).swapaxes(0, 1),
+                      batch)
+
+
+def _add(a, b):
+  return jax.tree.map(jnp.add, a, b)
+
+
+def accumulate_gradients(params, micro, objective, aux0, combine=_add):
+  """(summed grads, combined aux) of `objective(params, mb) -> (scalar, aux)` over the
+  leading axis of `micro`, one microbatch at a time in a lax.scan (memory of one
+  microbatch). Grads accumulate in float32; aux starts at `aux0` and folds with `combine`
+  (a sum unless given, e.g. max/min for extremes)."""
+  grad_fn = jax.grad(objective, has_aux=True)
+
+  def accumulate(carry, mb):
+    grads, aux = carry
+    g, a = grad_fn(params, mb)
+    return (_add(grads, g), combine(aux, a)), None
+
+  zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+  return jax.lax.scan(accumulate, (zeros, aux0), micro)[0]
+
+
+def all_finite(tree) -> jax.Array:
+  """Whether every leaf of `tree` is finite: an update can blow the params up after a finite
+  loss, and those params must never reach a checkpoint."""
+  return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(tree)]))
+
+
+def apply_gradients(state: TrainState, grads, tx) -> tuple[TrainState, object]:
+  """One optimizer step: (the new state, the grads cast to the params' dtypes)."""
+  grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  return TrainState(state.step + 1, params, opt_state), grads
+
+
 def train_step(state: TrainState, batch: dict, *, model, tx, accum_steps: int,
                aux_coef: float,
                loss_chunk_tokens: int = DEFAULT_CHUNK) -> tuple[TrainState, dict]:
   """One optimizer step over `batch` [B,T], split into `accum_steps` microbatches (not
   jitted: `make_train_step` jits it for a mesh).
 
-  Microbatch i holds rows i, i + accum_steps, ...: each device's contiguous block of rows
-  then splits evenly into the microbatches, so no microbatch needs rows moved between
-  devices. The CE is a mean over every target of the whole batch (microbatches weighted by
-  their target counts), so accumulation changes memory, not the loss; the aux loss is the
-  mean of the microbatches' aux losses.
+  The CE is a mean over every target of the whole batch (microbatches weighted by their
+  target counts), so accumulation changes memory, not the loss; the aux loss is the mean of
+  the microbatches' aux losses.
   """
   total = jnp.maximum(jnp.sum(targets(batch)[:, 1:] != IGNORE_INDEX), 1)
-  micro = jax.tree.map(
-      lambda x: x.reshape((-1, accum_steps) + x.shape[1:]).swapaxes(0, 1), batch)
 
   def objective(params, mb):
     mb = {k: lp.constrain(v, (lp.BATCH, lp.LENGTH)) for k, v in mb.items()}
     ce_sum, _, aux = _forward(model, params, mb, loss_chunk_tokens)
     return ce_sum / total + aux_coef * aux / accum_steps, (ce_sum, aux)
 
-  grad_fn = jax.grad(objective, has_aux=True)
-
-  def accumulate(carry, mb):
-    grads, ce_sum, aux = carry
-    g, (c, a) = grad_fn(state.params, mb)
-    return (jax.tree.map(jnp.add, grads, g), ce_sum + c, aux + a), None
-
-  zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
-  (grads, ce_sum, aux_sum), _ = jax.lax.scan(
-      accumulate, (zeros, jnp.float32(0), jnp.float32(0)), micro)
-  grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
+  grads, (ce_sum, aux_sum) = accumulate_gradients(
+      state.params, microbatches(batch, accum_steps), objective,
+      (jnp.float32(0), jnp.float32(0)))
+  state, grads = apply_gradients(state, grads, tx)
   ce = ce_sum / total
   aux = aux_sum / accum_steps
   metrics = {"loss": ce + aux_coef * aux, "ce_loss": ce, "aux_loss": aux,
              "grad_norm": optax.tree.norm(grads),
              "tokens": jnp.sum(batch["segment_ids"] != 0), "targets": total,
-             # The loss above was computed before this update; an update can still blow the
-             # params up, and those must never reach a checkpoint.
-             "params_finite": jnp.all(jnp.asarray(
-                 [jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))}
-  return TrainState(state.step + 1, params, opt_state), metrics
+             # The loss above was computed before this update.
+             "params_finite": all_finite(state.params)}
+  return state, metrics
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -102,19 +135,16 @@ def check_batch(mesh: Mesh, batch_size: int, seq_len: int, accum_steps: int) -> 
                            ("batch", "length"))
 
 
-def make_train_step(model, tx, mesh: Mesh, state_shardings: TrainState, *, accum_steps: int,
-                    aux_coef: float, loss_chunk_tokens: int = DEFAULT_CHUNK):
-  """`step(state, batch) -> (state, metrics)`: train_step jitted for `mesh`.
+def jit_step(step_fn, mesh: Mesh, state_shardings: TrainState, batch_shardings):
+  """`step(state, batch) -> (state, metrics)`: `step_fn` jitted for `mesh`.
 
   The state enters and leaves in `state_shardings` and is donated (its buffers are reused
-  for the new state: do not touch the old one after the call); the batch is split over the
-  batch axes; metrics come back replicated. Tracing happens under the mesh and the logical
-  rules, so the model's activation constraints apply.
+  for the new state: do not touch the old one after the call); the batch takes
+  `batch_shardings` (a sharding or a tree of them); metrics come back replicated. Tracing
+  happens under the mesh and the logical rules, so the model's activation constraints
+  apply. The SFT step (`make_train_step`) and the RL update (m1jax.rl.step) both use it.
   """
-  step_fn = functools.partial(train_step, model=model, tx=tx, accum_steps=accum_steps,
-                              loss_chunk_tokens=loss_chunk_tokens,
-                              aux_coef=aux_coef)
-  jitted = jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding(mesh)),
+  jitted = jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings),
                    out_shardings=(state_shardings, NamedSharding(mesh, PartitionSpec())),
                    donate_argnums=0)
 
@@ -124,6 +154,16 @@ def make_train_step(model, tx, mesh: Mesh, state_shardings: TrainState, *, accum
 
   step.jitted = jitted  # for .lower(...) (ahead-of-time compiles, memory analysis)
   return step
+
+
+def make_train_step(model, tx, mesh: Mesh, state_shardings: TrainState, *, accum_steps: int,
+                    aux_coef: float, loss_chunk_tokens: int = DEFAULT_CHUNK):
+  """`step(state, batch) -> (state, metrics)`: train_step jitted for `mesh` by `jit_step`
+  (state donated and kept in `state_shardings`, the batch split over the batch axes)."""
+  step_fn = functools.partial(train_step, model=model, tx=tx, accum_steps=accum_steps,
+                              loss_chunk_tokens=loss_chunk_tokens,
+                              aux_coef=aux_coef)
+  return jit_step(step_fn, mesh, state_shardings, batch_sharding(mesh))
 
 
 @functools.partial(jax.jit, static_argnames=("model", "loss_chunk_tokens"))
