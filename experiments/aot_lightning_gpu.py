@@ -32,6 +32,8 @@ import jax.numpy as jnp  # noqa: E402
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P  # noqa: E402
 from jax._src.mesh import AbstractDevice, AbstractMesh  # noqa: E402
 
+from pallas_kernels import lightning_gpu  # noqa: E402
+from pallas_kernels.lightning_gpu_ops import lightning_attention_gpu  # noqa: E402
 from pallas_kernels.lightning_triton import BlockSizes  # noqa: E402
 from pallas_kernels.lightning_triton_ops import lightning_attention_triton  # noqa: E402
 
@@ -67,9 +69,20 @@ SWEEP_CONFIGS = [b for b in CANDIDATE_CONFIGS
                  if (b.chunk, b.split, b.num_warps, b.num_stages) not in FAILS_H100_COMPILE]
 
 
-def programs(block_sizes: BlockSizes, shape_BTHD=SHAPE_BTHD, dtype=jnp.bfloat16,
-             segmented: bool = False):
-  """{"fwd": (fn, args), "fwd_bwd": (fn, args)} of the Triton kernel, as ShapeDtypeStructs."""
+# The Mosaic GPU kernel's configs: C = 64 (wgmma's M; at C = 128 its SMEM exceeds 227 KiB).
+MOSAIC_CONFIGS = [lightning_gpu.BlockSizes(64)]
+# Custom calls per program: Triton fwd 1, fwd+bwd 1 + 3; Mosaic fwd 1, fwd+bwd 1 + 2 (dq, dkdv).
+CUSTOM_CALL = {"triton": "__gpu$xla.gpu.triton", "mosaic": "@mosaic_gpu_v2"}
+CALLS = {("triton", "fwd"): 1, ("triton", "fwd_bwd"): 4,
+         ("mosaic", "fwd"): 1, ("mosaic", "fwd_bwd"): 3}
+
+
+def programs(block_sizes, shape_BTHD=SHAPE_BTHD, dtype=jnp.bfloat16,
+             segmented: bool = False, kernel: str = "triton"):
+  """{"fwd": (fn, args), "fwd_bwd": (fn, args)} of the Triton (block_sizes a
+  lightning_triton.BlockSizes) or Mosaic GPU kernel (a lightning_gpu.BlockSizes), as
+  ShapeDtypeStructs, compiled (interpret=False)."""
+  attention = {"triton": lightning_attention_triton, "mosaic": lightning_attention_gpu}[kernel]
   b, t, h, d = shape_BTHD
   q = jax.ShapeDtypeStruct(shape_BTHD, dtype)
   slope = jax.ShapeDtypeStruct((h,), jnp.float32)
@@ -77,9 +90,8 @@ def programs(block_sizes: BlockSizes, shape_BTHD=SHAPE_BTHD, dtype=jnp.bfloat16,
   seg = jax.ShapeDtypeStruct((b, t), jnp.int32)
 
   def fwd(q, k, v, slope, state, seg):
-    return lightning_attention_triton(q, k, v, slope, initial_state=state,
-                                      block_sizes=block_sizes, interpret=False,
-                                      segment_ids=seg if segmented else None)
+    return attention(q, k, v, slope, initial_state=state, block_sizes=block_sizes,
+                     interpret=False, segment_ids=seg if segmented else None)
 
   def fwd_bwd(q, k, v, slope, state, seg, d_out, d_state):
     outs, pullback = jax.vjp(functools.partial(fwd, seg=seg), q, k, v, slope, state)

@@ -60,10 +60,11 @@ def value_and_vjp(args, cots, *, kernel):
   return outs, pullback(cots)
 
 
-def check_against_chunked(kernel, args, cots, dtype):
-  """Asserts `kernel` matches impl="chunked" in outputs, dtypes and all five gradients."""
+def check_against_chunked(kernel, args, cots, dtype, reference="chunked"):
+  """Asserts `kernel` matches impl="chunked" (or a `reference` callable wrapping it, e.g.
+  with segment ids) in outputs, dtypes and all five gradients."""
   (out, final), grads = value_and_vjp(args, cots, kernel=kernel)
-  (ref_out, ref_final), ref_grads = value_and_vjp(args, cots, kernel="chunked")
+  (ref_out, ref_final), ref_grads = value_and_vjp(args, cots, kernel=reference)
   name = np.dtype(dtype).name
   assert out.dtype == dtype and final.dtype == jnp.float32
   assert_close(out, ref_out, dtype=name, name="out")

@@ -13,6 +13,7 @@ from jax._src.pallas.mosaic_gpu.interpret import gpu_callbacks as _gpu_callbacks
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from m1jax.ops import lightning_attention
@@ -65,6 +66,36 @@ def test_large_inputs_and_extreme_slopes_stay_finite():
   args, cots = make_inputs(4 * BLOCK, 64, jnp.bfloat16, seed=5)
   args = tuple(x * 30 if i < 3 else x for i, x in enumerate(args))
   check_against_chunked(_kernel, args, cots, jnp.bfloat16)
+
+
+def test_compiled_chunk_with_documents_crossing_it_matches_chunked():
+  # The chunk the compiled kernel uses (C = 64: wgmma's M), T = 70 not a multiple of it,
+  # D = 128, bf16; row 0: documents start inside chunk 0 (20), at its last token (63, one
+  # token long) and at the first token of chunk 1 (64); row 1: one crosses the boundary
+  # (30..67) and one starts inside the tail chunk (68).
+  t, chunk = 70, 64
+  args, cots = make_inputs(t, 128, jnp.bfloat16, seed=3)
+  lengths = [[20, 43, 1, 6], [30, 38, 2, 0]]
+  seg = jnp.asarray([np.repeat(np.arange(1, 5), n) for n in lengths], jnp.int32)
+
+  def kernel(q, k, v, slope, state):
+    return lightning_attention_gpu(q, k, v, slope, initial_state=state, segment_ids=seg,
+                                   block_sizes=BlockSizes(chunk), interpret=INTERPRET)
+
+  def chunked(q, k, v, slope, state):
+    return lightning_attention(q, k, v, slope, initial_state=state, impl="chunked",
+                               block_size=chunk, segment_ids=seg)
+
+  check_against_chunked(kernel, args, cots, jnp.bfloat16, reference=chunked)
+
+
+@pytest.mark.no_kernel
+def test_compiled_kernel_takes_bfloat16_only():
+  (q, k, v, slope, state), _ = make_inputs(3, 64, jnp.float32)
+  with pytest.raises(ValueError, match="lightning_attention_gpu: the compiled Mosaic GPU "
+                     "kernel takes bfloat16 q, k, v; got float32"):
+    jax.eval_shape(lambda *a: lightning_attention_gpu(*a[:4], initial_state=a[4],
+                                                      interpret=False), q, k, v, slope, state)
 
 
 def test_operator_routes_pallas_gpu_to_the_kernel_and_auto_to_chunked_on_cpu(monkeypatch):
