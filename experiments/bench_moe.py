@@ -13,7 +13,8 @@ Two levels, each forward ("fwd") and forward+backward ("fwd_bwd": all input grad
     unsort, combine) per moe_impl, against "dense" (every expert on every token).
 Shapes: "issue" (N 8192, M 256, F 256, E 8, top-2: the issue's measurement) and "tiny"
 (configs/tiny.py's MoE: M 64, F 128, E 8, top-2, N = 8 x 64 tokens). Float32, one process,
-median of --repeats after a warm-up; the ratios are path time / dense time from this one run.
+median of >= --repeats runs (and >= 1 s of runs) after a warm-up; the ratios are path time /
+dense time from this one run.
 Writes benchmarks/results/moe_cpu.json.
 """
 import os
@@ -44,12 +45,15 @@ _CHUNKS = flags.DEFINE_list("chunks", ["64", "128", "256", "512"],
 _MOE_IMPLS = flags.DEFINE_list("moe_impls", ["ragged", "chunked", "dense"],
                                "moe_impl values timed at the MoE level.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per point (median reported).")
+MIN_SECONDS = 1.0
 
 
 def _median_seconds(fn, args, repeats: int) -> float:
+  """Median over at least `repeats` runs and MIN_SECONDS of timing: a sub-millisecond tiny
+  shape gets hundreds of runs, so one preempted run on the shared CPU cannot decide it."""
   jax.block_until_ready(fn(*args))  # compile + warm-up
   times = []
-  for _ in range(repeats):
+  while len(times) < repeats or (sum(times) < MIN_SECONDS and len(times) < 1000):
     t0 = time.perf_counter()
     jax.block_until_ready(fn(*args))
     times.append(time.perf_counter() - t0)
