@@ -74,6 +74,7 @@ class RLSettings:
   grad_clip_norm: float
   seed: int
   prompt_offset: int
+  prompt_file: str
   eval_every: int
   eval_examples: int
   eval_samples: int

@@ -22,6 +22,7 @@ from m1jax.model import MiniMaxM1ForCausalLM
 from m1jax.rl.checkpoint import RLCheckpointer
 from m1jax.rl.config import resolve
 from m1jax.rl.evaluate import eval_examples, evaluate_policy
+from m1jax.rl.prompt_filter import read_prompt_indices, step_prompt_indices
 from m1jax.rl.rollout import (FINISH_EARLY_STOP, FINISH_LENGTH, minibatches,
                               mismatch_metrics, sample_rollouts, sampler_seed)
 from m1jax.rl.step import make_rl_step, trainer_logprobs
@@ -154,6 +155,10 @@ class RLRun:
     self.ref_params = (jax.device_put(params, self.shardings.params, may_alias=False)
                        if s.kl_coef > 0 else None)
     self.eval_set = eval_examples(self.task, s)
+    # pass@k-filtered prompt indices (experiments/rl_filter_data.py), cycled; None = the
+    # stream from rl.prompt_offset.
+    self.prompt_indices = (read_prompt_indices(s.prompt_file, s.seed) if s.prompt_file
+                           else None)
 
   def evaluate(self) -> dict:
     return evaluate_policy(self.model, self.state.params, self.tokenizer, self.task, self.s,
@@ -161,8 +166,8 @@ class RLRun:
 
   def examples(self, step: int) -> list:
     s = self.s
-    base = s.prompt_offset + step * s.prompts_per_step
-    return [self.task.example(s.seed, base + j, split=0) for j in range(s.prompts_per_step)]
+    return [self.task.example(s.seed, i, split=0)
+            for i in step_prompt_indices(s, step, self.prompt_indices)]
 
   def step(self, step: int, check_mismatch: bool = False) -> dict:
     """Rollout step `step` (0-based): generate, update mu times. Returns its metrics."""
@@ -263,8 +268,8 @@ def train_rl(config: ml_collections.ConfigDict, workdir: str, *, params=None,
   if step == 0:
     run_eval(0)
   save = lambda at: ckpt.save(at, run.state, {
-      "rollout_step": at, "seed": s.seed,
-      "next_prompt_index": s.prompt_offset + at * s.prompts_per_step}, config_dict)
+      "rollout_step": at, "seed": s.seed, "prompt_file": s.prompt_file,
+      "next_prompt_index": step_prompt_indices(s, at, run.prompt_indices)[0]}, config_dict)
   with CheckpointTail(save, every=s.checkpoint_every, last_step=s.num_steps,
                       close=(ckpt.close, writer.close), last_saved=start,
                       what="RL step") as tail:
