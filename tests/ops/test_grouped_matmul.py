@@ -115,6 +115,25 @@ def test_resolve_per_platform_and_bad_names():
     gm.grouped_matmul(jnp.zeros((4, 2)), jnp.zeros((2, 2, 3)), jnp.array([2, 2]), "gmm")
 
 
+def test_megablox_on_a_mesh_splits_rows_in_blocks_exactly():
+  """On a 2x2 mesh the 40 sorted rows run as 4 blocks of 10 under shard_map: groups straddle
+  blocks, a block can hold only empty-group boundaries or only rows past the groups."""
+  sizes, _, x, w, ct = _case("all-in-group-2-past-end", jnp.float32)
+  sizes = jnp.asarray([0, 14, 13, 0], jnp.int32)            # 27 rows; block 3 holds none
+  mesh = Mesh(np.asarray(jax.devices()[:4]).reshape(2, 2), ("data", "fsdp"))
+
+  def vjp(f):
+    y, pullback = jax.vjp(lambda x, w: f(x, w, sizes), x, w)
+    return y, pullback(ct)
+
+  with jax.set_mesh(mesh):
+    y, (dx, dw) = jax.jit(lambda: vjp(IMPLS["megablox"]))()
+  y_ref, (dx_ref, dw_ref) = jax.jit(lambda: vjp(jax.lax.ragged_dot))()
+  for name, a, b in (("y", y, y_ref), ("dx", dx, dx_ref), ("dw", dw, dw_ref)):
+    assert_close(a, b, name=name)
+  assert not np.any(np.asarray(y)[27:]) and not np.any(np.asarray(dx)[27:])
+
+
 def _fwd_bwd(impl):
   def loss(x, w, sizes):
     return jnp.sum(gm.grouped_matmul(x, w, sizes, impl).astype(jnp.float32) ** 2)
@@ -127,7 +146,8 @@ def test_auto_is_megablox_compiled_for_tpu(chip, topology):
   """Mosaic compiles gmm (forward, d(x)) and tgmm (d(w)) for the chip, from this CPU."""
   from jax.experimental import topologies
   topo = topologies.get_topology_desc(platform="tpu", topology_name=topology)
-  mesh = Mesh(np.asarray(topo.devices)[:1], ("data",))
+  # All 4 chips: Mosaic cannot be auto-partitioned, so this checks the row-block shard_map.
+  mesh = Mesh(np.asarray(topo.devices).reshape(2, 2), ("data", "fsdp"))
   args = (jax.ShapeDtypeStruct((1000, 256), jnp.bfloat16),
           jax.ShapeDtypeStruct((8, 256, 640), jnp.bfloat16),
           jax.ShapeDtypeStruct((8,), jnp.int32))
