@@ -4,6 +4,10 @@ qkv = silu(h @ W_qkv) with a per-head interleaved [q|k|v] layout, the linear-att
 operator with decay exp(-slope) per head, one RMSNorm over all H*D features (eps 1e-6), a
 sigmoid gate computed from the layer input, and out_proj. No RoPE, no 1/sqrt(D) scaling.
 
+Sequence parallelism: without a cache (training, scoring), when the current mesh splits
+`sequence` (jax.set_mesh), the operator runs as LASP-2 (m1jax/ops/linear_attention_sp.py)
+inside a shard_map whose batch and head axes come from the active logical axis rules.
+
 Padding (docs/MODEL.md §6.6): k and v of tokens whose token_mask_BT is 0 are zeroed before the
 operator, with or without a cache, so padding adds nothing to the state. Rows are
 left-padded, so a row's state is still exactly zero at its first real token.
@@ -16,6 +20,26 @@ from m1jax import ops
 from m1jax.config import ModelConfig
 from m1jax.layers import params as lp
 from m1jax.layers.norms import RMSNorm
+from m1jax.ops.linear_attention_sp import (dividing_axes, lightning_attention_sp,
+                                           sequence_shards)
+
+
+def _lightning_cache_free(q, k, v, slope_H, cfg: ModelConfig, segment_ids_BT,
+                          initializing: bool):
+  """The operator over a whole row: LASP-2 when the mesh splits `sequence`, else one call.
+  `model.init` (only shapes matter; its dummy rows may be 1 token) takes the plain call."""
+  if initializing or sequence_shards() == 1:
+    return ops.lightning_attention(q, k, v, slope_H, impl=cfg.lightning_impl,
+                                   block_size=cfg.block_size, segment_ids=segment_ids_BT)
+  # B and H split as the rules lay q out (without rules, or when they do not divide:
+  # replicated, still exact).
+  batch_axes, _, head_axes, _ = nn.logical_to_mesh_axes(
+      (lp.BATCH, lp.LENGTH, lp.HEADS, lp.HEAD_DIM))
+  b, _, h, _ = q.shape
+  return lightning_attention_sp(q, k, v, slope_H, impl=cfg.lightning_impl,
+                                block_size=cfg.block_size, segment_ids=segment_ids_BT,
+                                batch_axes=dividing_axes(b, batch_axes),
+                                head_axes=dividing_axes(h, head_axes))
 
 
 class LightningAttention(nn.Module):
@@ -42,17 +66,20 @@ class LightningAttention(nn.Module):
     w_out = lp.logical_param(self, "out_proj", init, (H, D, M),
                              (lp.HEADS, lp.HEAD_DIM, lp.EMBED), pdtype)
     h = h_BTM.astype(dtype)
-    # One matmul for q, k and v; the 3 axis is {q, k, v} within each head.
+    # The 3 axis is {q, k, v} within each head. One matmul per projection rather than one
+    # [M, H*3*D] matmul sliced afterwards: the slices' backward rebuilt a strided
+    # [B,T,H,3,D] cotangent that cost XLA:CPU more than the matmuls (WORKSPACE_NOTES.md,
+    # issue 16); the weight slices are small and each output is the same dot product.
     w_qkv_MH3D = w_qkv.astype(dtype).reshape(M, H, 3, D)
-    qkv_BTH3D = jax.nn.silu(jnp.tensordot(h, w_qkv_MH3D, axes=1))
-    q, k, v = (lp.constrain(qkv_BTH3D[:, :, :, i], (lp.BATCH, lp.LENGTH, lp.HEADS, lp.HEAD_DIM))
+    q, k, v = (lp.constrain(jax.nn.silu(jnp.einsum("btm,mhd->bthd", h, w_qkv_MH3D[:, :, i])),
+                            (lp.BATCH, lp.LENGTH, lp.HEADS, lp.HEAD_DIM))
                for i in range(3))
     if token_mask_BT is not None:
       keep_BT11 = token_mask_BT[:, :, None, None].astype(k.dtype)
       k, v = k * keep_BT11, v * keep_BT11
     if cache is None:
-      o_BTHD, _ = ops.lightning_attention(q, k, v, slope_H, impl=cfg.lightning_impl,
-                                          block_size=cfg.block_size, segment_ids=segment_ids_BT)
+      o_BTHD, _ = _lightning_cache_free(q, k, v, slope_H, cfg, segment_ids_BT,
+                                        self.is_initializing())
     elif q.shape[1] == 1:
       o_BHD, state = ops.lightning_decode_step(q[:, 0], k[:, 0], v[:, 0], slope_H,
                                                cache["state"])

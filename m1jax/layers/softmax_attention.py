@@ -126,15 +126,19 @@ class SoftmaxAttention(nn.Module):
     v = jnp.einsum("btm,mkd->btkd", h, wv.astype(dtype))
     q = apply_partial_rope(q, positions_BT, cfg.rotary_dim, cfg.rope_theta)
     k = apply_partial_rope(k, positions_BT, cfg.rotary_dim, cfg.rope_theta)
-    # Heads over tensor; keys and values whole along the sequence (kv_length), so under
-    # sequence parallelism each query shard reads all keys (an all-gather of K/V).
+    # Heads over tensor. Without a cache K/V stay split like q along the sequence: under
+    # sequence parallelism attention_impl.attend all-gathers exactly K/V (shard_map,
+    # m1jax/ops/softmax_attention_sp.py), so no earlier gather may be forced here. With a
+    # cache they are whole along the sequence (kv_length).
+    kv_length = lp.LENGTH if cache is None else lp.KV_LENGTH
     q = lp.constrain(q, (lp.BATCH, lp.LENGTH, lp.HEADS, lp.HEAD_DIM))
-    k = lp.constrain(k, (lp.BATCH, lp.KV_LENGTH, lp.KV_HEADS, lp.HEAD_DIM))
-    v = lp.constrain(v, (lp.BATCH, lp.KV_LENGTH, lp.KV_HEADS, lp.HEAD_DIM))
+    k = lp.constrain(k, (lp.BATCH, kv_length, lp.KV_HEADS, lp.HEAD_DIM))
+    v = lp.constrain(v, (lp.BATCH, kv_length, lp.KV_HEADS, lp.HEAD_DIM))
     k_positions_BT = key_positions(positions_BT, token_mask_BT)
     if cache is None:
       o = attention_impl.attend(cfg.attention_impl, q, k, v, positions_BT, k_positions_BT,
-                                segment_ids_BT, padded=token_mask_BT is not None)
+                                segment_ids_BT, padded=token_mask_BT is not None,
+                                sequence_parallel=not self.is_initializing())
     else:
       # The new k/v round-trip through the cache dtype, as if read back from the cache.
       k, v = k.astype(cache["k"].dtype), v.astype(cache["v"].dtype)

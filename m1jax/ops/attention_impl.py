@@ -9,12 +9,17 @@
 The platform is the one being compiled FOR: the active abstract mesh's devices when a mesh
 is set (an AOT compile for TPU from a CPU host), else jax.default_backend(). cudnn and splash
 serve cache-free calls (training, scoring); a call with a KV cache runs blockwise under them.
+
+Under a mesh that splits `sequence`, cache-free xla and blockwise calls run sequence-parallel
+(m1jax/ops/softmax_attention_sp.py: queries stay local, K/V are all-gathered).
 """
 import jax
 import jax.numpy as jnp
 
 from m1jax.config import ATTENTION_IMPLS
 from m1jax.ops import cudnn_attention, splash_attention
+from m1jax.ops.linear_attention_sp import sequence_shards
+from m1jax.ops.softmax_attention_sp import SP_IMPLS, attend_sp
 
 
 def lowering_platform() -> str:
@@ -58,12 +63,13 @@ def resolve(impl: str, *, dtype, seq_len: int, head_dim: int, cached: bool,
 
 
 def attend(impl: str, q_BTHD, k_BTKD, v_BTKD, q_positions_BT, k_positions_BT,
-           segment_ids_BT=None, *, padded: bool = False):
+           segment_ids_BT=None, *, padded: bool = False, sequence_parallel: bool = True):
   """Cache-free causal GQA attention by `impl` (resolved here); [B,T,H,D].
 
   Arguments as causal_gqa_attention's (k_positions_BT carries padding as EMPTY_POSITION);
   padded: whether some keys may be padding (a token mask was given), for the kernels that
-  mask by index and need the padding spelt out.
+  mask by index and need the padding spelt out. sequence_parallel: False keeps one
+  unsplit call even under a `sequence` mesh (model.init, whose dummy rows are short).
   """
   # Imported here: the layer module imports this one.
   from m1jax.layers.cache_info import EMPTY_POSITION
@@ -71,6 +77,9 @@ def attend(impl: str, q_BTHD, k_BTKD, v_BTKD, q_positions_BT, k_positions_BT,
   from m1jax.ops.blockwise_attention import blockwise_gqa_attention
   B, T, H, D = q_BTHD.shape
   name = resolve(impl, dtype=q_BTHD.dtype, seq_len=T, head_dim=D, cached=False)
+  if sequence_parallel and name in SP_IMPLS and sequence_shards() > 1:
+    return attend_sp(name, q_BTHD, k_BTKD, v_BTKD, q_positions_BT, k_positions_BT,
+                     segment_ids_BT)
   if name == "xla":
     return causal_gqa_attention(q_BTHD, k_BTKD, v_BTKD, q_positions_BT, k_positions_BT,
                                 segment_ids_BT, segment_ids_BT)

@@ -47,7 +47,7 @@ _F32 = jnp.float32
 
 SEQUENCE_AXIS = "sequence"
 
-__all__ = ["SEQUENCE_AXIS", "lightning_attention_sp", "sequence_shards"]
+__all__ = ["SEQUENCE_AXIS", "dividing_axes", "lightning_attention_sp", "sequence_shards"]
 
 
 def sequence_shards(axis: str = SEQUENCE_AXIS) -> int:
@@ -59,6 +59,14 @@ def sequence_shards(axis: str = SEQUENCE_AXIS) -> int:
   if dict(zip(mesh.axis_names, mesh.axis_types))[axis] == AxisType.Manual:
     return 1
   return mesh.shape[axis]
+
+
+def dividing_axes(size: int, axes) -> Optional[tuple[str, ...]]:
+  """`axes` (mesh axes of the current mesh) if they divide `size`, else None (replicate that
+  dimension inside the shard_map: exact, only redundant). For callers that may see odd
+  batch sizes, e.g. an eval batch smaller than the data axes."""
+  axes = _axes(axes)
+  return axes if size % _ways(jax.sharding.get_abstract_mesh(), axes) == 0 else None
 
 
 def _axes(axes) -> tuple[str, ...]:
