@@ -1,7 +1,8 @@
 """CPU gates for the GPU lightning kernels: lowering for cuda, and a deviceless H100 compile.
 
-  python -m experiments.aot_lightning_gpu                      # every sweep config, JSON out
+  python -m experiments.aot_lightning_gpu                      # every candidate + Mosaic, JSON
   python -m experiments.aot_lightning_gpu --mode=lower         # lowering only (no plugin)
+  python -m experiments.aot_lightning_gpu --configs=none       # the Mosaic GPU kernel only
 
 (a) `lower`: `jax.jit(f).trace(...).lower(lowering_platforms=("cuda",))` on the CPU jaxlib
     runs the whole Pallas -> Triton-IR (or Mosaic GPU) lowering. jax >= 0.11's Triton
@@ -11,7 +12,9 @@
     compile-only CUDA topology for an H100 target config runs XLA's GPU pipeline, Triton's
     TTIR -> PTX -> cubin and ptxas on CPU: shared-memory overflows and ptxas errors surface
     here. Each Triton kernel's grid, threads and shared memory come from XLA's dump (its
-    thunk sequence); ptxas register counts are not in it.
+    thunk sequence), its registers and stack from its cubin (XLA's kernel cache file); each
+    Mosaic GPU kernel's from ptxas -v and Mosaic's resource report
+    (experiments/gpu_kernel_resources.py).
 Shapes: the benchmark's B=4, T=8192, H=16, D=128, bf16 (fp32 slope and state).
 Writes benchmarks/results/aot_lightning_gpu.json.
 """
@@ -32,6 +35,7 @@ import jax.numpy as jnp  # noqa: E402
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P  # noqa: E402
 from jax._src.mesh import AbstractDevice, AbstractMesh  # noqa: E402
 
+from experiments import gpu_kernel_resources as gkr  # noqa: E402
 from pallas_kernels import lightning_gpu  # noqa: E402
 from pallas_kernels.lightning_gpu_ops import lightning_attention_gpu  # noqa: E402
 from pallas_kernels.lightning_triton import BlockSizes  # noqa: E402
@@ -118,14 +122,15 @@ def h100_mesh():
   return topologies.make_mesh(topo=topo, mesh_shape=(1,), axis_names=("x",))
 
 
-def compile_for_h100(fn, args):
-  """(compiled, seconds) of a deviceless AOT compile for the H100 target."""
+def compile_for_h100(fn, args, **compiler_options):
+  """(compiled, seconds) of a deviceless AOT compile for the H100 target; `compiler_options`
+  are XLA debug options for this compile (e.g. xla_gpu_kernel_cache_file)."""
   mesh = h100_mesh()
   placed = [jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=NamedSharding(mesh, P()))
             for a in args]
   t0 = time.perf_counter()
   with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
-    compiled = jax.jit(fn).lower(*placed).compile()
+    compiled = jax.jit(fn).lower(*placed).compile(compiler_options=compiler_options or None)
   return compiled, time.perf_counter() - t0
 
 
@@ -135,8 +140,7 @@ _THUNK = re.compile(r"kCustomKernel.*?(lightning_\w+) grid: \[([\d, ]+)\] "
 
 def kernel_resources(dump_dir: str) -> list:
   """Per Triton kernel of the last compile dumped to `dump_dir` (XLA_FLAGS=--xla_dump_to):
-  name, grid, threads per block and shared memory, from XLA's thunk sequence. (ptxas
-  register counts are not in XLA's dump; WORKSPACE_NOTES.md, Issue 12.)"""
+  name, grid, threads per block and shared memory, from XLA's thunk sequence."""
   files = sorted(glob.glob(os.path.join(dump_dir, "*.thunk_sequence.txt")), key=os.path.getmtime)
   if not files:
     return []
@@ -147,25 +151,52 @@ def kernel_resources(dump_dir: str) -> list:
           for m in _THUNK.finditer(text)]
 
 
-def config_record(block_sizes: BlockSizes, mode: str, *, do_compile: bool) -> dict:
-  key = dict(chunk=block_sizes.chunk, split=block_sizes.split,
-             num_warps=block_sizes.num_warps, num_stages=block_sizes.num_stages)
+_SMEM_SCRATCH = re.compile(r"smem_scratch_bytes=(\d+)")
+
+
+def _compile_with_resources(fn, args, kernel: str) -> dict:
+  """Compiles for the H100 and returns the per-kernel resources: registers and stack per
+  kernel (gpu_kernel_resources), plus Triton's grid/threads/SMEM from XLA's dump or
+  Mosaic's SMEM scratch from its resource report."""
+  if kernel == "triton":
+    cache = os.path.join(_DUMP_DIR, "kernel_cache.bin")
+    if os.path.exists(cache):
+      os.remove(cache)  # XLA appends; one compile's kernels per file
+    _, secs = compile_for_h100(fn, args, xla_gpu_kernel_cache_file=cache)
+    regs = gkr.kernel_cache_resources(cache)
+    kernels = [{**k, **regs.get(k["kernel"], {})} for k in kernel_resources(_DUMP_DIR)]
+    return {"compile_s": round(secs, 2), "kernels": kernels}
+  with gkr.captured_output() as out:
+    _, secs = compile_for_h100(fn, args)
+  names = {"fwd": ["fwd"], "fwd_bwd": ["fwd", "bwd_dq", "bwd_dkdv"]}
+  reports = gkr.ptxas_reports(out[0])
+  smem = [int(x) for x in _SMEM_SCRATCH.findall(out[0])]
+  kernels = [{**r, "kernel": f"lightning_{n}_mosaic",
+              **({"shared_memory_bytes": smem[i]} if i < len(smem) else {})}
+             for i, (n, r) in enumerate(zip(names[fn.__name__], reports))]
+  return {"compile_s": round(secs, 2), "kernels": kernels}
+
+
+def config_record(block_sizes, mode: str, *, do_compile: bool, kernel: str = "triton") -> list:
+  if kernel == "triton":
+    key = dict(kernel=kernel, chunk=block_sizes.chunk, split=block_sizes.split,
+               num_warps=block_sizes.num_warps, num_stages=block_sizes.num_stages)
+  else:
+    key = dict(kernel=kernel, chunk=block_sizes.block_t)
   rows = []
-  for prog, (fn, args) in programs(block_sizes).items():
+  for prog, (fn, args) in programs(block_sizes, kernel=kernel).items():
     row = {**key, "program": prog}
     try:
       lowered, secs = lower_for_cuda(fn, args)
       row.update(lowered=True, lower_s=round(secs, 2),
-                 triton_calls=lowered.as_text().count("__gpu$xla.gpu.triton"))
+                 custom_calls=lowered.as_text().count(CUSTOM_CALL[kernel]))
     except Exception as e:  # noqa: BLE001 - a failure is the result
       row.update(lowered=False, error=f"{type(e).__name__}: {e}"[:400])
       rows.append(row)
       continue
     if do_compile:
       try:
-        _, secs = compile_for_h100(fn, args)
-        row.update(compiled=True, compile_s=round(secs, 2),
-                   kernels=kernel_resources(_DUMP_DIR))
+        row.update(compiled=True, **_compile_with_resources(fn, args, kernel))
       except Exception as e:  # noqa: BLE001
         row.update(compiled=False, error=f"{type(e).__name__}: {e}"[:400])
     rows.append(row)
@@ -181,20 +212,29 @@ def main():
   # Set before the first compile (XLA reads its flags when a backend starts).
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_dump_to={_DUMP_DIR}"
                              " --xla_dump_hlo_module_re=jit_fwd.*").strip()
+  # Mosaic GPU's compile prints ptxas -v and its SMEM scratch (read per compile).
+  os.environ["MOSAIC_GPU_DUMP_PTXAS"] = "1"
+  os.environ["MOSAIC_GPU_DUMP_RESOURCES"] = "1"
   parser = argparse.ArgumentParser()
   parser.add_argument("--mode", choices=("lower", "compile"), default="compile")
   parser.add_argument("--out", default="benchmarks/results/aot_lightning_gpu.json")
-  parser.add_argument("--configs", choices=("candidates", "sweep", "default"),
-                      default="candidates")
+  parser.add_argument("--configs", choices=("candidates", "sweep", "default", "none"),
+                      default="candidates", help="Triton configs")
+  parser.add_argument("--mosaic", choices=("yes", "no"), default="yes",
+                      help="also the Mosaic GPU kernel (MOSAIC_CONFIGS)")
   args = parser.parse_args()
   configs = {"candidates": CANDIDATE_CONFIGS, "sweep": SWEEP_CONFIGS,
-             "default": [BlockSizes()]}[args.configs]
+             "default": [BlockSizes()], "none": []}[args.configs]
+  jobs = [(bs, "triton") for bs in configs]
+  jobs += [(bs, "mosaic") for bs in MOSAIC_CONFIGS] if args.mosaic == "yes" else []
   rows = []
-  for bs in configs:
-    rows += config_record(bs, args.mode, do_compile=args.mode == "compile")
+  for bs, kernel in jobs:
+    rows += config_record(bs, args.mode, do_compile=args.mode == "compile", kernel=kernel)
     print(json.dumps(rows[-2:]), flush=True)
   result = {"what": "CPU lowering for cuda / deviceless H100 compile of "
-                    "pallas_kernels.lightning_triton", "target": H100_KIND,
+                    "pallas_kernels.lightning_triton and lightning_gpu (Mosaic GPU); "
+                    "registers/stack per kernel from the cubin (Triton) or ptxas -v (Mosaic)",
+            "target": H100_KIND,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "jax": jax.__version__, "shape_BTHD": list(SHAPE_BTHD), "dtype": "bfloat16",
             "rows": rows}
