@@ -104,6 +104,12 @@ def _forward_stats(q_ZBKCGD, k_WBKUD, v_WBKUD, q_pos_ZBC, q_seg_ZBC, k_pos_WBU, 
   return jax.lax.map(per_query_chunk, (q_ZBKCGD, q_pos_ZBC, q_seg_ZBC, needed_ZW))
 
 
+def _dot_operand(x):
+  """x for a backward product: float32 when lowering for a CPU (see _flash_bwd), else as is."""
+  from m1jax.ops.attention_impl import lowering_platform  # the impl module imports this one
+  return x.astype(jnp.float32) if lowering_platform() == "cpu" else x
+
+
 def _finish(m, l, acc, dtype):
   """(o [.., D] in `dtype`, lse) from the online-softmax stats; rows that saw no key get
   o = 0 and lse = +inf (their probabilities exp(s - lse) are then 0 in the backward)."""
@@ -143,15 +149,28 @@ def _flash_bwd(scale, res, cotangents):
       q, do, lse, delta, q_pos, q_seg, needed = xs
 
       def grads(_):
-        s = _logits(q, k, _visible(q_pos, q_seg, k_pos, k_seg), scale)
-        p = jnp.exp(s - lse[..., None])
-        dv = jnp.einsum("bkcgu,bkcgd->bkud", p.astype(do.dtype), do,
+        # Key-major [.., U, C, G] tiles: every big operand of the four products below is
+        # then already in a matmul's natural layout. Query-major tiles made XLA:CPU copy-
+        # transpose p and ds ([U, C*G] each) per chunk pair for dV, dK and dQ, which cost
+        # more than the products themselves at head_dim 32 (WORKSPACE_NOTES.md, issue 16).
+        # XLA:CPU has no bf16 x bf16 -> f32 kernel for some of these dot layouts ("Unsupported
+        # element type for DotThunk"); there the operands, rounded to the input dtype as
+        # elsewhere, go up to float32 (a bf16 product is exact in float32).
+        q_, k_, v_, do_ = (_dot_operand(x) for x in (q, k, v, do))
+        vis_T = jnp.moveaxis(_visible(q_pos, q_seg, k_pos, k_seg), -1, 2)  # [B,1,U,C,1]
+        s_T = jnp.einsum("bkud,bkcgd->bkucg", k_, q_, preferred_element_type=jnp.float32)
+        s_T = jnp.where(vis_T, s_T * scale, _NEG)
+        p_T = jnp.exp(s_T - lse[:, :, None])
+        dv = jnp.einsum("bkucg,bkcgd->bkud", _dot_operand(p_T.astype(do.dtype)), do_,
                         preferred_element_type=jnp.float32)
-        dp = jnp.einsum("bkcgd,bkud->bkcgu", do, v, preferred_element_type=jnp.float32)
-        ds = p * (dp - delta[..., None]) * scale
-        dq = jnp.einsum("bkcgu,bkud->bkcgd", ds.astype(k.dtype), k,
-                        preferred_element_type=jnp.float32)
-        dk = jnp.einsum("bkcgu,bkcgd->bkud", ds.astype(q.dtype), q,
+        dp_T = jnp.einsum("bkud,bkcgd->bkucg", v_, do_, preferred_element_type=jnp.float32)
+        ds_T = p_T * (dp_T - delta[:, :, None]) * scale
+        # dQ^T = K^T dS^T keeps dS^T as the natural right operand (only the small [D, C*G]
+        # result is transposed back).
+        ds_T_k = _dot_operand(ds_T.astype(k.dtype))
+        dq = jnp.moveaxis(jnp.einsum("bkud,bkucg->bkdcg", k_, ds_T_k,
+                                     preferred_element_type=jnp.float32), 2, -1)
+        dk = jnp.einsum("bkucg,bkcgd->bkud", _dot_operand(ds_T.astype(q.dtype)), q_,
                         preferred_element_type=jnp.float32)
         return dq, dk, dv
 
