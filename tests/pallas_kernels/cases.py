@@ -4,12 +4,16 @@ Every case has B*H = 6 (not a power of two) and slopes 1e-6 .. 20, and compares 
 every gradient (q, k, v, slope, initial_state; random cotangents on the output and the final
 state) against the chunked reference. T in {1, C-1, C+1, several C} covers single-token,
 tail-only and multi-chunk-with-tail paths; D 64 and 128; float32 and bfloat16.
+
+The checks every kernel's test file runs are here too (`check_*`, `bad_input_params`,
+`large_inputs`), so the TPU, Mosaic GPU and Triton tests differ only in the kernel call.
 """
 import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from m1jax.ops import lightning_attention
 from tests.assertions import assert_close
@@ -89,3 +93,42 @@ def bad_input_cases():
       (lambda a: {**a, "state": a["state"][:, :, :8]}, "initial_state must have shape",
        "state"),
   ]
+
+
+def bad_input_params():
+  """bad_input_cases() as pytest params (change, match) with the case name as id."""
+  return [pytest.param(change, match, id=name) for change, match, name in bad_input_cases()]
+
+
+def check_bad_input(fn, fn_name: str, change, match: str, **kwargs) -> None:
+  """`fn(q, k, v, slope, initial_state=..., **kwargs)` with one argument broken by `change`
+  raises ValueError starting with `fn_name` and matching `match`."""
+  (q, k, v, slope, state), _ = make_inputs(3, 64, jnp.float32)
+  a = change(dict(q=q, k=k, v=v, slope=slope, state=state))
+  with pytest.raises(ValueError, match=f"{fn_name}: .*" + match):
+    fn(a["q"], a["k"], a["v"], a["slope"], initial_state=a["state"], **kwargs)
+
+
+def large_inputs(t, d, dtype, seed=5, scale=30.0):
+  """make_inputs with q, k, v times `scale`: with slopes 1e-6 next to 20, any overflow or
+  cancellation in a kernel's decays shows up as a non-finite or wrong result."""
+  args, cots = make_inputs(t, d, dtype, seed=seed)
+  return tuple(x * scale if i < 3 else x for i, x in enumerate(args)), cots
+
+
+def check_operator_routes(monkeypatch, module, impl: str):
+  """`lightning_attention(impl=impl)` reaches `module.forward` and matches chunked.
+  Returns the inputs it used, (q, k, v, slope, state)."""
+  (q, k, v, slope, state), _ = make_inputs(BLOCK + 3, 64, jnp.float32, seed=7)
+  calls = []
+  original = module.forward
+  monkeypatch.setattr(module, "forward",
+                      lambda *a, **kw: calls.append(1) or original(*a, **kw))
+  out, final = lightning_attention(q, k, v, slope, initial_state=state, impl=impl,
+                                   block_size=BLOCK)
+  assert calls, f"impl={impl!r} did not reach the kernel"
+  ref_out, ref_final = lightning_attention(q, k, v, slope, initial_state=state,
+                                           impl="chunked", block_size=BLOCK)
+  assert_close(out, ref_out, name="out")
+  assert_close(final, ref_final, name="final_state")
+  return q, k, v, slope, state

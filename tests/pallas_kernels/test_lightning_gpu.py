@@ -21,9 +21,9 @@ from m1jax.ops import linear_attention as la
 from pallas_kernels import lightning_gpu
 from pallas_kernels.lightning_gpu import BlockSizes
 from pallas_kernels.lightning_gpu_ops import lightning_attention_gpu
-from tests.assertions import assert_close
-from tests.pallas_kernels.cases import (BLOCK, CASES, bad_input_cases, case_id,
-                                        check_against_chunked, make_inputs)
+from tests.pallas_kernels.cases import (BLOCK, CASES, bad_input_params, case_id,
+                                        check_against_chunked, check_bad_input,
+                                        check_operator_routes, large_inputs, make_inputs)
 from tests.pallas_kernels.race_detection import RaceWatch, checked_accesses
 
 _ON_GPU = jax.default_backend() in ("gpu", "cuda")
@@ -63,8 +63,7 @@ def test_kernel_matches_chunked_forward_and_all_gradients(case):
 
 def test_large_inputs_and_extreme_slopes_stay_finite():
   # As for the TPU kernel: slope 1e-6 next to slope 20 over 4 chunks of large inputs.
-  args, cots = make_inputs(4 * BLOCK, 64, jnp.bfloat16, seed=5)
-  args = tuple(x * 30 if i < 3 else x for i, x in enumerate(args))
+  args, cots = large_inputs(4 * BLOCK, 64, jnp.bfloat16)
   check_against_chunked(_kernel, args, cots, jnp.bfloat16)
 
 
@@ -99,18 +98,7 @@ def test_compiled_kernel_takes_bfloat16_only():
 
 
 def test_operator_routes_pallas_gpu_to_the_kernel_and_auto_to_chunked_on_cpu(monkeypatch):
-  (q, k, v, slope, state), _ = make_inputs(BLOCK + 3, 64, jnp.float32, seed=7)
-  calls = []
-  original = lightning_gpu.forward
-  monkeypatch.setattr(lightning_gpu, "forward",
-                      lambda *a, **kw: calls.append(1) or original(*a, **kw))
-  out, final = lightning_attention(q, k, v, slope, initial_state=state, impl="pallas_gpu",
-                                   block_size=BLOCK)
-  assert calls, "impl='pallas_gpu' did not reach the kernel"
-  ref_out, ref_final = lightning_attention(q, k, v, slope, initial_state=state,
-                                           impl="chunked", block_size=BLOCK)
-  assert_close(out, ref_out, name="out")
-  assert_close(final, ref_final, name="final_state")
+  q, k, v, slope, state = check_operator_routes(monkeypatch, lightning_gpu, "pallas_gpu")
   if not _ON_GPU:
     assert la._resolve_impl("auto", (q, k, v, slope, state, BLOCK)) == "chunked"
 
@@ -135,17 +123,11 @@ def test_auto_on_tpu_still_picks_the_tpu_kernel(monkeypatch):
   assert la._resolve_impl("auto", (q, k, v, slope, state, None)) == "pallas_tpu"
 
 
-_BAD = bad_input_cases()
-
-
-@pytest.mark.parametrize("change, match", [c[:2] for c in _BAD], ids=[c[2] for c in _BAD])
+@pytest.mark.parametrize("change, match", bad_input_params())
 @pytest.mark.no_kernel
 def test_bad_inputs_raise_value_error_naming_the_argument(change, match):
-  (q, k, v, slope, state), _ = make_inputs(3, 64, jnp.float32)
-  kwargs = change(dict(q=q, k=k, v=v, slope=slope, state=state))
-  with pytest.raises(ValueError, match="lightning_attention_gpu: .*" + match):
-    lightning_attention_gpu(kwargs["q"], kwargs["k"], kwargs["v"], kwargs["slope"],
-                            initial_state=kwargs["state"], interpret=INTERPRET)
+  check_bad_input(lightning_attention_gpu, "lightning_attention_gpu", change, match,
+                  interpret=INTERPRET)
 
 
 @pytest.mark.no_kernel

@@ -17,8 +17,8 @@ from m1jax.ops import linear_attention as la
 from pallas_kernels import lightning_triton
 from pallas_kernels.lightning_triton import BlockSizes
 from pallas_kernels.lightning_triton_ops import lightning_attention_triton
-from tests.assertions import assert_close
-from tests.pallas_kernels.cases import (BLOCK, bad_input_cases, case_id, check_against_chunked,
+from tests.pallas_kernels.cases import (BLOCK, bad_input_params, case_id, check_against_chunked,
+                                        check_bad_input, check_operator_routes, large_inputs,
                                         make_inputs)
 
 _ON_GPU = jax.default_backend() in ("gpu", "cuda")
@@ -47,40 +47,23 @@ def test_kernel_matches_chunked_forward_and_all_gradients(case):
 
 def test_one_program_per_head_and_large_inputs_stay_finite():
   # split >= D: one program owns all columns; inputs x30 with slopes 1e-6 next to 20.
-  args, cots = make_inputs(4 * BLOCK, 64, jnp.bfloat16, seed=5)
-  args = tuple(x * 30 if i < 3 else x for i, x in enumerate(args))
+  args, cots = large_inputs(4 * BLOCK, 64, jnp.bfloat16)
   check_against_chunked(_kernel_whole_columns, args, cots, jnp.bfloat16)
 
 
 def test_operator_routes_pallas_triton_to_the_kernel(monkeypatch):
-  (q, k, v, slope, state), _ = make_inputs(BLOCK + 3, 64, jnp.float32, seed=7)
-  calls = []
-  original = lightning_triton.forward
-  monkeypatch.setattr(lightning_triton, "forward",
-                      lambda *a, **kw: calls.append(1) or original(*a, **kw))
-  out, final = lightning_attention(q, k, v, slope, initial_state=state, impl="pallas_triton",
-                                   block_size=BLOCK)
-  assert calls, "impl='pallas_triton' did not reach the kernel"
-  ref_out, ref_final = lightning_attention(q, k, v, slope, initial_state=state,
-                                           impl="chunked", block_size=BLOCK)
-  assert_close(out, ref_out, name="out")
-  assert_close(final, ref_final, name="final_state")
+  q, k, v, slope, state = check_operator_routes(monkeypatch, lightning_triton,
+                                                "pallas_triton")
   # Never run on a GPU: "auto" must not pick it anywhere (fail-closed table).
   for backend in ("cpu", "gpu", "cuda", "tpu"):
     monkeypatch.setattr(jax, "default_backend", lambda b=backend: b)
     assert la._resolve_impl("auto", (q, k, v, slope, state, None)) != "pallas_triton"
 
 
-_BAD = bad_input_cases()
-
-
-@pytest.mark.parametrize("change, match", [c[:2] for c in _BAD], ids=[c[2] for c in _BAD])
+@pytest.mark.parametrize("change, match", bad_input_params())
 def test_bad_inputs_raise_value_error_naming_the_argument(change, match):
-  (q, k, v, slope, state), _ = make_inputs(3, 64, jnp.float32)
-  kwargs = change(dict(q=q, k=k, v=v, slope=slope, state=state))
-  with pytest.raises(ValueError, match="lightning_attention_triton: .*" + match):
-    lightning_attention_triton(kwargs["q"], kwargs["k"], kwargs["v"], kwargs["slope"],
-                               initial_state=kwargs["state"], interpret=True)
+  check_bad_input(lightning_attention_triton, "lightning_attention_triton", change, match,
+                  interpret=True)
 
 
 @pytest.mark.parametrize("field, value", [("chunk", 48), ("chunk", 8), ("split", 96)])
