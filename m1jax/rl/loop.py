@@ -7,6 +7,7 @@ minibatch permutations are pure functions of (rl.seed, step), so a checkpoint at
 (params, optimizer state, update count and the step in its JSON) resumes exactly, and runs
 of different algorithms with one seed are paired.
 """
+import functools
 import math
 import os
 import time
@@ -93,6 +94,15 @@ def _rl_optimizer(config, s):
   return make_optimizer(opt, max(s.num_steps * s.mu, 1))
 
 
+@functools.lru_cache(maxsize=16)
+def _rl_step(model, tx, mesh, s, loss_chunk_tokens):
+  """(state shardings, jitted update), memoised like rl_optimizer: runs with equal settings
+  in one process (experiments/rl_compare.py) share one jit, hence one compile."""
+  shardings = state_shardings(model, tx, mesh)
+  return shardings, make_rl_step(model, tx, mesh, shardings, settings=s,
+                                 loss_chunk_tokens=loss_chunk_tokens)
+
+
 def _rollout_metrics(batch, s) -> dict:
   P = s.prompts_per_step
   r = batch.rewards_N.reshape(P, -1)
@@ -144,9 +154,8 @@ class RLRun:
     # the update jitted by m1jax.train.step.jit_step with the state donated.
     self.mesh = sharding.make_mesh(config.get("mesh", "fsdp=-1"))
     self.loss_chunk_tokens = config.train.loss_chunk_tokens
-    self.shardings = state_shardings(self.model, self.tx, self.mesh)
-    self.update = make_rl_step(self.model, self.tx, self.mesh, self.shardings, settings=s,
-                               loss_chunk_tokens=self.loss_chunk_tokens)
+    self.shardings, self.update = _rl_step(self.model, self.tx, self.mesh, s,
+                                           self.loss_chunk_tokens)
     # A copy (may_alias=False): the update donates the state's buffers, and the caller's
     # params (rl_compare reuses one SFT tree for every run) must outlive it.
     self.state = train_state_from_params(
