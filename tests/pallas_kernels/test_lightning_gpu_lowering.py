@@ -45,13 +45,14 @@ def test_every_sweep_config_compiles_for_an_h100(block_sizes, tmp_path):
       assert 0 < resources[name]["registers"] <= 255, (name, resources)
 
 
-@pytest.mark.parametrize("segmented", [False, True], ids=["plain", "segment_ids"])
-def test_mosaic_kernel_compiles_for_an_h100(segmented, monkeypatch):
-  # fwd+bwd holds all three Mosaic kernels (fwd, dq, dkdv).
+def test_mosaic_kernel_compiles_for_an_h100(monkeypatch):
+  # fwd+bwd holds all three Mosaic kernels (fwd, dq, dkdv). With segment ids only: those
+  # kernels are the plain ones plus the document loads (more SMEM and registers), and the
+  # plain ones are lowered above; compiling both cost 13 s more of CI.
   require("jax_cuda12_plugin")
   monkeypatch.setenv("MOSAIC_GPU_DUMP_PTXAS", "1")
   for block_sizes in MOSAIC_CONFIGS:
-    fn, args = programs(block_sizes, segmented=segmented, kernel="mosaic")["fwd_bwd"]
+    fn, args = programs(block_sizes, segmented=True, kernel="mosaic")["fwd_bwd"]
     with gkr.captured_output() as out:
       compile_for_h100(fn, args)
     reports = gkr.ptxas_reports(out[0])
