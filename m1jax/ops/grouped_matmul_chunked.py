@@ -54,14 +54,19 @@ def chunk_layout(group_sizes_E: jax.Array, rows: int, chunk: int | None = None) 
   slot_starts_E = (chunk_ends_E - chunks_E) * C
   # Chunk z belongs to the first expert whose chunk range ends after z (empty experts own no
   # chunk); the chunks past the last expert's are zero padding, clipped onto expert E-1.
+  # searchsorted by "compare_all" (E compares per query, vectorised): the default "scan" is a
+  # while loop of log2(E) steps, which made a batch-64 decode step 1.5x slower on XLA:CPU and
+  # the on-device decode loop slower still (WORKSPACE_NOTES.md, issue 16, decode loop).
   expert_Z = jnp.minimum(jnp.searchsorted(chunk_ends_E, jnp.arange(Z, dtype=jnp.int32),
-                                          side="right"), E - 1).astype(jnp.int32)
+                                          side="right", method="compare_all"),
+                         E - 1).astype(jnp.int32)
   slot_ZC = jnp.arange(Z * C, dtype=jnp.int32).reshape(Z, C)
   offset_ZC = slot_ZC - slot_starts_E[expert_Z][:, None]
   source_ZC = jnp.where(offset_ZC < sizes_E[expert_Z][:, None],
                         starts_E[expert_Z][:, None] + offset_ZC, rows)
   a_A = jnp.arange(rows, dtype=jnp.int32)
-  expert_A = jnp.minimum(jnp.searchsorted(ends_E, a_A, side="right"), E - 1)
+  expert_A = jnp.minimum(jnp.searchsorted(ends_E, a_A, side="right", method="compare_all"),
+                         E - 1)
   dest_A = jnp.where(a_A < ends_E[-1], slot_starts_E[expert_A] + a_A - starts_E[expert_A], Z * C)
   return ChunkLayout(source_ZC, dest_A, expert_Z)
 
