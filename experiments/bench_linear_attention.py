@@ -59,6 +59,12 @@ _HEAD_DIM = flags.DEFINE_integer("head_dim", 64, "D.")
 _BLOCK = flags.DEFINE_integer("block_size", 256, "Chunked block length C.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "q/k/v dtype.")
 _REPEATS = flags.DEFINE_integer("repeats", 7, "Timed runs per point (median reported).")
+_BLOCK_OVERRIDES = flags.DEFINE_list(
+    "impl_block_sizes", [], "Per-impl chunk overriding --block_size, e.g. pallas_gpu:64 (the "
+    "Mosaic GPU kernel's shared memory is sized for C=64).")
+_KEEP_GOING = flags.DEFINE_bool(
+    "keep_going", False, "Record a point's exception and go on (GPU runs: one kernel that has "
+    "never run must not cost the other contenders' figures).")
 _HEADS_SWEEP = flags.DEFINE_list("heads_sweep", [], "If set, every H to run (overrides --heads).")
 
 # Contenders that are not `lightning_attention` impls.
@@ -170,6 +176,29 @@ def _naive_gib(t: int) -> float:
   return _BATCH.value * _HEADS.value * t * t * 4 / 2**30
 
 
+def _block_size(impl: str) -> int:
+  """--impl_block_sizes entry for `impl`, else --block_size."""
+  for item in _BLOCK_OVERRIDES.value:
+    name, sep, size = item.partition(":")
+    if not sep or not size.isdigit():
+      raise ValueError(f"--impl_block_sizes entry {item!r}: expected impl:chunk, e.g. "
+                       "pallas_gpu:64")
+    if name == impl:
+      return int(size)
+  return _BLOCK.value
+
+
+def measure_or_record(impl: str, mode: str, t: int, h: int = 0) -> dict:
+  """measure(), or with --keep_going the point with the exception that stopped it."""
+  if not _KEEP_GOING.value:
+    return measure(impl, mode, t, h)
+  try:
+    return measure(impl, mode, t, h)
+  except Exception as e:  # pylint: disable=broad-except
+    return {"impl": impl, "mode": mode, "T": t, "H": h or _HEADS.value,
+            "skipped": f"error: {type(e).__name__}: {str(e)[:400]}"}
+
+
 def measure(impl: str, mode: str, t: int, h: int = 0) -> dict:
   """Compiles once, warms up once, then times --repeats runs."""
   point = {"impl": impl, "mode": mode, "T": t, "H": h or _HEADS.value}
@@ -183,7 +212,7 @@ def measure(impl: str, mode: str, t: int, h: int = 0) -> dict:
     point["tflops"] = _flops(impl, mode, t, point["H"]) / point["median_s"] / 1e12
     return point
   start = time.perf_counter()
-  compiled = _make_fn(impl, mode, _BLOCK.value).lower(*args).compile()
+  compiled = _make_fn(impl, mode, _block_size(impl)).lower(*args).compile()
   point["compile_s"] = time.perf_counter() - start
   jax.block_until_ready(compiled(*args))
   times = []
@@ -278,24 +307,8 @@ def _write_json(path: str, payload: dict) -> None:
   os.replace(f.name, path)
 
 
-def main(argv):
-  del argv
-  seq_lens = sorted(int(t) for t in _SEQ_LENS.value)
-  # Other jobs on a shared host inflate and scatter the timings; record how busy it was.
-  load_at_start = os.getloadavg()[0]
-  start = time.perf_counter()
-  points = []
-  heads = [int(h) for h in _HEADS_SWEEP.value] or [_HEADS.value]
-  for h in heads:
-    for mode in _MODES.value:
-      for impl in _IMPLS.value:
-        for t in seq_lens:
-          point = measure(impl, mode, t, h)
-          points.append(point)
-          print(f"{impl:>10} {mode:>7} H={h:>3} T={t:>6}: "
-                + (point["skipped"] if "skipped" in point
-                   else f"{1e3 * point['median_s']:.2f} ms {point['tflops']:.1f} TFLOP/s"),
-                flush=True)
+def _payload(points, heads, seq_lens, load_at_start, start) -> tuple[dict, list, list]:
+  """The JSON record of the points so far, and the cross-impl ratios and fits it holds."""
   _add_fla_ratios(points)
   cross = _add_ratios(points)
   fits = _scaling_exponents(points)
@@ -326,6 +339,32 @@ def main(argv):
       "cross_ratios": cross,
       "scaling_exponents": fits,
   }
+  payload["complete"] = len(points) == len(heads) * len(_MODES.value) * len(_IMPLS.value) * len(
+      seq_lens)
+  return payload, cross, fits
+
+
+def main(argv):
+  del argv
+  seq_lens = sorted(int(t) for t in _SEQ_LENS.value)
+  # Other jobs on a shared host inflate and scatter the timings; record how busy it was.
+  load_at_start = os.getloadavg()[0]
+  start = time.perf_counter()
+  points = []
+  heads = [int(h) for h in _HEADS_SWEEP.value] or [_HEADS.value]
+  for h in heads:
+    for mode in _MODES.value:
+      for impl in _IMPLS.value:
+        for t in seq_lens:
+          point = measure_or_record(impl, mode, t, h)
+          points.append(point)
+          print(f"{impl:>10} {mode:>7} H={h:>3} T={t:>6}: "
+                + (point["skipped"] if "skipped" in point
+                   else f"{1e3 * point['median_s']:.2f} ms {point['tflops']:.1f} TFLOP/s"),
+                flush=True)
+          # Written after every point: a run cut by its time limit keeps what it measured.
+          _write_json(_OUT.value, _payload(points, heads, seq_lens, load_at_start, start)[0])
+  payload, cross, fits = _payload(points, heads, seq_lens, load_at_start, start)
   _write_json(_OUT.value, payload)
   _print_table(points, cross, fits)
   print(f"\nwrote {_OUT.value} ({payload['total_wall_s']:.0f} s)")

@@ -30,7 +30,8 @@ o,s=f(q,k,v,g_gamma=-torch.rand(4,device='cuda'),scale=1.0,output_final_state=Tr
 (o.float().sum()+s.sum()).backward(); torch.cuda.synchronize(); print('fla warm')" >> "$OUT/sweep.log" 2>&1 ;;
 stage2)  # ~9 min: B=4, H in {16,64}, D=128, T in {8K,16K,32K}, bf16, fwd and fwd+bwd
   timeout 560 python3 -m experiments.bench_linear_attention \
-    --impls=pallas_triton,jla,fla,cudnn --modes=fwd,fwd_bwd --dtype=bfloat16 --batch=4 \
+    --impls=pallas_triton,jla,fla,cudnn,pallas_gpu --impl_block_sizes=pallas_gpu:64 --keep_going \
+    --modes=fwd,fwd_bwd --dtype=bfloat16 --batch=4 \
     --heads_sweep=16,64 --head_dim=128 --seq_lens=8192,16384,32768 --repeats=10 ${2:-} \
     --out="$OUT/linear_attention_gpu.json" > "$OUT/bench.log" 2>&1 ;;
 *) echo "usage: $0 stage1|stage2 '<bench flags>'"; exit 2 ;;
