@@ -9,6 +9,9 @@ m1jax.save_pretrained(dialect="minimax") and transformers.MiniMaxForCausalLM.fro
 loads those files. transformers 5.23 rotates the whole head_dim (it ignores
 partial_rotary_factor), so the model uses rotary_dim = head_dim and both compute the same
 math; the logits are compared before anything is timed (max |diff| <= 1e-4 max |logits|).
+m1jax runs its lightning operator in chunks of --block_size (default 64, the fastest on this
+CPU at head_dim 32; every chunk length computes the same function) while the files, and so
+torch, keep the model's 256.
 
 Timed, per T in --seq_lens (B = 1):
   fwd      logits [1,T,V] (torch under inference_mode; ours jitted);
@@ -56,6 +59,9 @@ _THREADS = flags.DEFINE_integer("threads", os.cpu_count(), "torch threads (XLA:C
                                 "core).")
 _MOE = flags.DEFINE_string("moe_impl", None, "ModelConfig.moe_impl (default: the config's).")
 _ATTN = flags.DEFINE_string("attention_impl", None, "ModelConfig.attention_impl override.")
+_BLOCK = flags.DEFINE_integer("block_size", 64, "m1jax's lightning chunk length (any value "
+                              "is the same math; 64 measured fastest on CPU at head_dim 32). "
+                              "The HF files, so torch, keep the model's 256.")
 
 
 def model_config(**overrides) -> ModelConfig:
@@ -175,11 +181,12 @@ def main(argv):
   import transformers  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(_THREADS.value)
   load_before = os.getloadavg()
-  cfg = model_config(moe_impl=_MOE.value, attention_impl=_ATTN.value)
+  hf_cfg = model_config(moe_impl=_MOE.value, attention_impl=_ATTN.value)
+  cfg = hf_cfg.replace(block_size=_BLOCK.value)
   model = MiniMaxM1ForCausalLM(cfg)
   params = init_params(model, jax.random.key(0))
   with tempfile.TemporaryDirectory() as workdir:
-    hf = _load_torch(cfg, params, workdir)
+    hf = _load_torch(hf_cfg, params, workdir)
   check = _check_logits(model, params, hf)
   print(json.dumps({"logits_check": check}), flush=True)
   points = []
@@ -208,7 +215,8 @@ def main(argv):
       "versions": {"jax": jax.__version__, "torch": torch.__version__,
                    "transformers": transformers.__version__},
       "config": {**cfg.to_dict(), "attn_type_list": list(cfg.attn_type_list),
-                 "dtype_both_sides": "float32", "batch": 1},
+                 "dtype_both_sides": "float32", "batch": 1,
+                 "torch_block_size": hf_cfg.block_size},
       "logits_check": check,
       "ratio_means": "torch seconds / m1jax seconds (> 1: m1jax faster)",
       "points": points,
