@@ -27,8 +27,9 @@ LAYERS = "layers"  # the stacked (scanned) layer-group axis
 # Activation axes, for sharding constraints (activations also use the names above).
 BATCH = "batch"
 LENGTH = "length"
-# The key/value sequence axis of softmax attention: never sharded, so under sequence
-# parallelism every query shard sees all keys (XLA all-gathers K/V along `sequence`).
+# The key/value sequence axis of a softmax KV cache: never sharded, so every query shard
+# sees all cached keys. (Cache-free calls keep K/V split along `length` and all-gather them
+# explicitly: m1jax/ops/softmax_attention_sp.py.)
 KV_LENGTH = "kv_length"
 
 

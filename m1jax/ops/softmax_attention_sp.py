@@ -44,7 +44,8 @@ def attend_sp(name: str, q_BTHD, k_BTKD, v_BTKD, q_positions_BT, k_positions_BT,
   Same arguments and result as attention_impl.attend's xla/blockwise paths. Must be traced
   under a mesh with `sequence` > 1; batch and heads split as the active logical axis rules
   lay q out (heads only when q and kv heads take the same mesh axes, so each shard holds
-  whole groups; an axis that does not divide its dimension is replicated instead). Raises ValueError when T is not divisible by the `sequence` axis.
+  whole groups; an axis that does not divide its dimension is replicated instead). Raises
+  ValueError when T is not divisible by the `sequence` axis.
   """
   if name not in SP_IMPLS:
     raise ValueError(f"attend_sp: impl {name!r} does not take split queries; use one of "
