@@ -2,7 +2,7 @@
 
 One rollout step: P prompts -> G samples each (m1jax.generate, pi_old = its log-probs,
 frozen) -> rewards, group advantages, dynamic sampling -> mu minibatch updates
-(m1jax.rl.step.rl_update) -> metrics -> eval -> checkpoint. Prompts, sampler keys and
+(m1jax.rl.step.make_rl_step) -> metrics -> eval -> checkpoint. Prompts, sampler keys and
 minibatch permutations are pure functions of (rl.seed, step), so a checkpoint at step s
 (params, optimizer state, update count and the step in its JSON) resumes exactly, and runs
 of different algorithms with one seed are paired.
