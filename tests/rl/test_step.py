@@ -7,6 +7,7 @@ import functools
 import types
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -194,6 +195,25 @@ def test_chunked_logprobs_and_entropy_equal_the_full_logits():
   np.testing.assert_allclose(s1["entropy"], s0["entropy"], rtol=1e-5, atol=1e-6)
   assert float(s0["entropy"]) / float(s0["tokens"]) < 0.5   # near one-hot: adversarial
   jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6), g0, g1)
+
+  # Memory: no [B, *, V] value of the chunked update (forward or backward) is wider than a
+  # chunk; the full-logits path holds the row's [B, T, V] logits (so the check can fail).
+  def widest_logits(chunk):
+    jaxpr = jax.make_jaxpr(functools.partial(accumulate_grads, model=bigram, settings=s,
+                                             loss_chunk_tokens=chunk))(bparams, mb)
+    return max((v.aval.shape[-2] for e in _all_eqns(jaxpr.jaxpr) for v in e.outvars
+                if len(getattr(v.aval, "shape", ())) >= 3 and v.aval.shape[-1] == 260),
+               default=0)
+
+  assert widest_logits(0) >= s.seq_len - 1 and widest_logits(5) == 5
+
+
+def _all_eqns(jaxpr):
+  """Every equation of a jaxpr, sub-jaxprs (scan, checkpoint, custom rules) included."""
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      yield from _all_eqns(sub)
 
 
 def _sharded_step(spec, devices, model, params, mb, s):
