@@ -219,12 +219,12 @@ def parse_points(values) -> list[int]:
 
 def main(argv):
   del argv
-  from m1jax.hf.outputs import write_json
   points = parse_points(_POINTS.value)
   max_len = check_length("--max_len", _MAX_LEN.value)
   if max(points) > max_len:
     raise ValueError(f"experiments.flops: --points reaches {max(points)} tokens, beyond "
                      f"--max_len={max_len}")
+  from m1jax.hf.outputs import write_json  # after the checks: bad input fails fast
   curves = per_token_curves(max_len)
   result = {
       "what": "M1 / DeepSeek-R1 decode FLOPs vs generation length (M1 report Fig. 1 right)",

@@ -1,5 +1,9 @@
 """m1jax/flops.py: hand-checked counts on the tiny config, the active-parameter count against a
 real model's params (jax.eval_shape), monotonicity and the errors."""
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -128,3 +132,13 @@ def test_figure_bad_lengths():
     fig.parse_points(["64K"])
   with pytest.raises(ValueError, match="unknown R1 attention"):
     fig.r1_attention_flops_per_key(fig.DEEPSEEK_R1, "gqa")
+
+
+@pytest.mark.parametrize("flag", ["--points=0", "--points=32768,-5", "--max_len=0"])
+def test_figure_command_rejects_bad_lengths(flag):
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  run = subprocess.run([sys.executable, "-m", "experiments.flops", flag], capture_output=True,
+                       text=True, timeout=120, cwd=repo)
+  assert run.returncode != 0
+  assert "must be a positive number of tokens" in run.stderr
+  assert "Traceback" not in run.stderr
