@@ -22,9 +22,12 @@ HF .generate(do_sample=False), no EOS, so both emit exactly --new_tokens tokens)
 Repeats ALTERNATE between m1jax and torch in this one process, so both see the same
 machine load; each point reports both medians and ratio = torch / m1jax (> 1: m1jax is
 faster). Compile and the first torch call are warm-ups, outside the medians.
-Threads: torch.set_num_threads(--threads) (default os.cpu_count()); XLA:CPU has no thread
-count flag and runs one pool thread per core, so --threads defaults to the core count and the
-JSON records both.
+Threads: torch.set_num_threads(--threads); XLA:CPU has no thread-count flag and sizes its
+pool by the cores the process may run on (its affinity mask), so --threads defaults to that
+count and the JSON records both. `taskset -c 0 python -m experiments.bench_peer_cpu` runs both
+single-threaded on one core: on a shared, oversubscribed machine torch's 2-thread OpenMP
+regions stall whenever one of their threads is descheduled (see WORKSPACE_NOTES.md, issue 16),
+so the pinned run is the load-robust comparison.
 Writes benchmarks/results/peer_cpu.json (atomically) with the load average before and after.
 """
 import os
@@ -55,8 +58,9 @@ _LONG_REPEATS = flags.DEFINE_integer("long_repeats", 1, "Timed runs per side at 
 _PROMPT = flags.DEFINE_integer("prompt_len", 512, "Greedy: prompt tokens.")
 _NEW = flags.DEFINE_integer("new_tokens", 64, "Greedy: generated tokens.")
 _SKIP_GREEDY = flags.DEFINE_bool("skip_greedy", False, "Leave the greedy point out.")
-_THREADS = flags.DEFINE_integer("threads", os.cpu_count(), "torch threads (XLA:CPU: one per "
-                                "core).")
+_THREADS = flags.DEFINE_integer("threads", len(os.sched_getaffinity(0)),
+                                "torch threads (default: the cores this process may use; "
+                                "XLA:CPU's pool has one thread per such core).")
 _MOE = flags.DEFINE_string("moe_impl", None, "ModelConfig.moe_impl (default: the config's).")
 _ATTN = flags.DEFINE_string("attention_impl", None, "ModelConfig.attention_impl override.")
 _BLOCK = flags.DEFINE_integer("block_size", 64, "m1jax's lightning chunk length (any value "
@@ -212,9 +216,11 @@ def main(argv):
       "benchmark": "m1jax vs transformers.MiniMaxForCausalLM (eager torch), same weights, CPU",
       "command": "python -m experiments.bench_peer_cpu " + " ".join(sys.argv[1:]),
       "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-      "device": f"{os.cpu_count()}-core CPU (shared, load {load_before[0]:.2f})",
+      "device": (f"{os.cpu_count()}-core CPU (shared, load {load_before[0]:.2f}), this run on "
+                 f"{len(os.sched_getaffinity(0))} of its cores"),
       "load_avg_before": list(load_before), "load_avg_after": list(os.getloadavg()),
-      "threads": {"torch": torch.get_num_threads(), "xla_cpu_pool": os.cpu_count()},
+      "threads": {"torch": torch.get_num_threads(),
+                  "xla_cpu_pool": len(os.sched_getaffinity(0))},
       "versions": {"jax": jax.__version__, "torch": torch.__version__,
                    "transformers": transformers.__version__},
       "config": {**cfg.to_dict(), "attn_type_list": list(cfg.attn_type_list),
