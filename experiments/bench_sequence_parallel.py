@@ -11,7 +11,9 @@ softmax layer's attention (`attend`) at the release widths (H=64, D=128, 8 KV he
 activations), one row of `--tokens` tokens per batch shard, compiled for each `sequence`
 size; every all-gather / reduce-scatter in the compiled text is listed with its bytes. The
 analytic LASP-2 figure is [B,H,D,D]·4·(P-1) received per device per layer (B the rows per
-device). Writes benchmarks/results/sequence_parallel_cpu.json (temp file, then rename).
+device). `--tpu_topology` (default v5p:2x2x1; needs libtpu, TPU_SKIP_MDS_QUERY=1) compiles the
+same layers for TPU with the Mosaic kernel per shard. Writes
+benchmarks/results/sequence_parallel_cpu.json (temp file, then rename).
 """
 import json
 import math
@@ -31,9 +33,16 @@ from m1jax import config_overrides
 _DEFAULT_MESHES = "one;fsdp=4,sequence=2;data=2,sequence=4"
 _SHARDS = flags.DEFINE_string("shards", "2,4,8", "sequence sizes for the byte counts")
 _TOKENS = flags.DEFINE_integer("tokens", 8192, "tokens per row for the byte counts")
+_TPU = flags.DEFINE_string("tpu_topology", "v5p:2x2x1",
+                           "also compile the layers for this TPU topology (libtpu, no TPU "
+                           "attached) with sequence = its device count and the TPU kernel; "
+                           "'' to skip")
 
 _BYTES = {"f32": 4, "bf16": 2, "s32": 4, "pred": 1}
 _COLLECTIVE = re.compile(r"= (\w+)\[([\d,]*)\][^ ]* (all-gather|reduce-scatter|all-reduce)\(")
+# XLA:TPU emits a reduce-scatter as a fusion calling %all-reduce-scatter (an all-reduce
+# inside it is that fusion's body, listed too); its result may be a tuple.
+_SHAPE = re.compile(r"(\w+)\[([\d,]*)\]")
 
 
 def _collectives(hlo: str) -> list[dict]:
@@ -44,20 +53,29 @@ def _collectives(hlo: str) -> list[dict]:
     shape = [int(d) for d in dims.split(",") if d]
     found.append({"op": op, "dtype": dtype, "shape": shape,
                   "bytes": math.prod(shape) * _BYTES[dtype]})
+  for line in hlo.splitlines():
+    if "calls=%all-reduce-scatter" in line and " fusion(" in line:
+      result = line.split(" fusion(")[0].partition("=")[2]
+      for dtype, dims in _SHAPE.findall(result):
+        shape = [int(d) for d in dims.split(",") if d]
+        found.append({"op": "reduce-scatter (all-reduce-scatter fusion)", "dtype": dtype,
+                      "shape": shape, "bytes": math.prod(shape) * _BYTES[dtype]})
   return found
 
 
-def layer_bytes(shards: int, tokens: int) -> dict:
+def layer_bytes(shards: int, tokens: int, devices=None, impl: str = "chunked") -> dict:
   """Collectives of one lightning and one softmax layer's attention, forward and backward,
-  at release widths on a mesh data=8/shards, sequence=shards (one row per data shard)."""
+  at release widths on a mesh data=len(devices)/shards, sequence=shards (one row per data
+  shard). devices: default the 8 CPU devices; a TPU topology's devices compile for TPU."""
   import jax
   import jax.numpy as jnp
   from m1jax import sharding
   from m1jax.ops import attention_impl
   from m1jax.ops.linear_attention_sp import lightning_attention_sp
 
-  rows, heads, kv_heads, dim = 8 // shards, 64, 8, 128
-  mesh = sharding.make_mesh(f"data={rows},sequence={shards}")
+  devices = jax.devices() if devices is None else devices
+  rows, heads, kv_heads, dim = len(devices) // shards, 64, 8, 128
+  mesh = sharding.make_mesh(f"data={rows},sequence={shards}", devices)
   bf16 = jnp.bfloat16
   sds = jax.ShapeDtypeStruct
   q = sds((rows, tokens, heads, dim), bf16)
@@ -66,7 +84,7 @@ def layer_bytes(shards: int, tokens: int) -> dict:
   slope = sds((heads,), jnp.float32)
 
   def lightning(q, k, v, slope, seg):
-    out, _ = lightning_attention_sp(q, k, v, slope, impl="chunked", segment_ids=seg,
+    out, _ = lightning_attention_sp(q, k, v, slope, impl=impl, segment_ids=seg,
                                     batch_axes="data")
     return jnp.sum(out.astype(jnp.float32))
 
@@ -81,7 +99,10 @@ def layer_bytes(shards: int, tokens: int) -> dict:
                            ("softmax", softmax, (q, kv, kv, ids, ids))):
       fwd = jax.jit(fn).lower(*args).compile().as_text()
       grad = jax.jit(jax.grad(fn, argnums=(0, 1, 2))).lower(*args).compile().as_text()
-      result[name] = {"forward": _collectives(fwd), "forward_and_backward": _collectives(grad)}
+      result[name] = {"forward": _collectives(fwd), "forward_and_backward": _collectives(grad),
+                      # Pallas Mosaic kernels in the compiled program (TPU only).
+                      "mosaic_calls_forward_and_backward":
+                          grad.count('custom_call_target="tpu_custom_call"')}
   state = heads * dim * dim * 4  # one row's fp32 [H,D,D] state
   gathered = [c for c in result["lightning"]["forward"]
               if c["op"] == "all-gather" and c["dtype"] == "f32"]
@@ -113,8 +134,9 @@ def main(argv):
   import jax
   config = bench_train._CONFIG.value
   steps = bench_train._STEPS.value
-  runs = []
-  for spec in (s.strip() for s in (bench_train._MESHES.value or _DEFAULT_MESHES).split(";")):
+  runs = []  # --meshes=none skips the throughput runs
+  meshes = bench_train._MESHES.value or _DEFAULT_MESHES
+  for spec in (s.strip() for s in meshes.split(";") if meshes != "none"):
     runs.append(bench_train.bench_mesh(config, spec, steps, bench_train._WARMUP.value))
     print(json.dumps(runs[-1]), flush=True)
   for run in runs:
@@ -124,12 +146,23 @@ def main(argv):
     layers.append(layer_bytes(shards, _TOKENS.value))
     print(json.dumps({k: layers[-1][k] for k in ("mesh", "lasp2_state_gather",
                                                  "softmax_kv_gather")}), flush=True)
+  tpu = None
+  if _TPU.value:
+    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")  # no TPU VM metadata server here
+    from jax.experimental import topologies
+    tpu_devices = list(topologies.get_topology_desc(platform="tpu",
+                                                    topology_name=_TPU.value).devices)
+    tpu = layer_bytes(len(tpu_devices), _TOKENS.value, tpu_devices, impl="auto")
+    tpu["topology"] = _TPU.value
+    print(json.dumps({k: tpu[k] for k in ("topology", "mesh", "lasp2_state_gather",
+                                          "softmax_kv_gather")}), flush=True)
   load = os.getloadavg()[0]
   result = {"device": f"2-core CPU (shared, load {load:.1f}), "
                       f"{jax.device_count()} fake devices",
             "config": os.path.basename(config_flags.get_config_filename(flags.FLAGS["config"])),
             "batch_size": config.train.batch_size, "seq_len": config.train.seq_len,
-            "steps": steps, "train_runs": runs, "layer_collectives": layers}
+            "steps": steps, "train_runs": runs, "layer_collectives": layers,
+            "tpu_aot_layer_collectives": tpu}
   out_dir = bench_train._OUT.value
   os.makedirs(out_dir, exist_ok=True)
   path = os.path.join(out_dir, "sequence_parallel_cpu.json")
