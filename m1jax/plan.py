@@ -242,6 +242,16 @@ def plan(config, topology: str, *, mesh: Optional[str] = None, seq_len: int = 0,
   try:
     with sharding.use_mesh(mesh_obj):
       compiled = step.jitted.lower(state, batch_args).compile()
+  except NotImplementedError as e:
+    if "Mosaic kernels cannot be automatically partitioned" not in str(e):
+      raise
+    # A Pallas TPU kernel the model runs outside a shard_map (the lightning kernel at
+    # sequence=1 today): the configured impl cannot run on this mesh.
+    raise PlanInputError(
+        f"mesh {sharding.describe(mesh_obj)}: a Pallas (Mosaic) kernel of the configured "
+        f"implementations (lightning_impl={model_config.lightning_impl!r}, moe_impl="
+        f"{model_config.moe_impl!r}) runs outside a shard_map, which XLA cannot partition; "
+        "choose a pure-XLA one, e.g. --config.model.lightning_impl=chunked") from None
   except jax.errors.JaxRuntimeError as e:
     text = str(e)
     parsed = parse_oom(text) if "RESOURCE_EXHAUSTED" in text else None

@@ -144,3 +144,13 @@ def test_parse_oom_reads_the_compiler_message():
              "temporaries (3.00T) exceeds available HBM (95.73G). HLO module: jit_f.")
   assert planner.parse_oom(message) == (int(3.00 * (1 << 40)), int(95.73 * _GIB))
   assert planner.parse_oom("INTERNAL: something else") is None
+
+
+@pytest.mark.slow
+def test_unpartitionable_kernel_is_a_clear_error():
+  """The Pallas lightning kernel outside a shard_map (sequence=1) names the impl to change."""
+  config = _two_layer_config()
+  config.model.lightning_impl = "pallas_tpu"
+  with pytest.raises(planner.PlanInputError, match="lightning_impl='pallas_tpu'.*"
+                     "lightning_impl=chunked"):
+    planner.plan(config, "v5p:2x2x2", mesh="fsdp=4,expert=2", seq_len=128)
