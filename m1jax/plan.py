@@ -245,8 +245,9 @@ def plan(config, topology: str, *, mesh: Optional[str] = None, seq_len: int = 0,
   except NotImplementedError as e:
     if "Mosaic kernels cannot be automatically partitioned" not in str(e):
       raise
-    # A Pallas TPU kernel the model runs outside a shard_map (the lightning kernel at
-    # sequence=1 today): the configured impl cannot run on this mesh.
+    # A Pallas TPU kernel the model runs outside a shard_map (the lightning layer wraps its
+    # kernel in one on any multi-device mesh; this guards any other): the configured impl
+    # cannot run on this mesh.
     raise PlanInputError(
         f"mesh {sharding.describe(mesh_obj)}: a Pallas (Mosaic) kernel of the configured "
         f"implementations (lightning_impl={model_config.lightning_impl!r}, moe_impl="

@@ -6,29 +6,50 @@ sigmoid gate computed from the layer input, and out_proj. No RoPE, no 1/sqrt(D) 
 
 Sequence parallelism: without a cache (training, scoring), when the current mesh splits
 `sequence` (jax.set_mesh), the operator runs as LASP-2 (m1jax/ops/linear_attention_sp.py)
-inside a shard_map whose batch and head axes come from the active logical axis rules.
+inside a shard_map whose batch and head axes come from the active logical axis rules. The
+same shard_map (one shard) carries a Pallas kernel on any multi-device mesh, since XLA cannot
+partition a Pallas call.
 
 Padding (docs/MODEL.md §6.6): k and v of tokens whose token_mask_BT is 0 are zeroed before the
 operator, with or without a cache, so padding adds nothing to the state. Rows are
 left-padded, so a row's state is still exactly zero at its first real token.
 """
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from jax.sharding import AxisType
 
 from m1jax import ops
 from m1jax.config import ModelConfig
 from m1jax.layers import params as lp
 from m1jax.layers.norms import RMSNorm
-from m1jax.ops.linear_attention_sp import (dividing_axes, lightning_attention_sp,
-                                           sequence_shards)
+from m1jax.ops.linear_attention import runs_kernel
+from m1jax.ops.linear_attention_sp import (SEQUENCE_AXIS, dividing_axes,
+                                           lightning_attention_sp, sequence_shards)
+
+
+def _needs_shard_map(q, k, v, slope_H, cfg: ModelConfig, segment_ids_BT) -> bool:
+  """LASP-2's shard_map is needed when the mesh splits `sequence`, and also at sequence=1
+  when the operator would run a Pallas kernel on a multi-device mesh: XLA cannot partition a
+  Pallas call, and at one shard LASP-2 is exactly the per-device call (its all-gather is of
+  one state)."""
+  if sequence_shards() > 1:
+    return True
+  mesh = jax.sharding.get_abstract_mesh()
+  if (mesh.empty or SEQUENCE_AXIS not in mesh.axis_names or math.prod(mesh.shape.values()) == 1
+      or any(t == AxisType.Manual for t in mesh.axis_types)):
+    return False
+  return runs_kernel(cfg.lightning_impl, q, k, v, slope_H, None, cfg.block_size, segment_ids_BT)
 
 
 def _lightning_cache_free(q, k, v, slope_H, cfg: ModelConfig, segment_ids_BT,
                           initializing: bool):
   """The operator over a whole row: LASP-2 when the mesh splits `sequence`, else one call.
   `model.init` (only shapes matter; its dummy rows may be 1 token) takes the plain call."""
-  if initializing or sequence_shards() == 1:
+  if initializing or not _needs_shard_map(q, k, v, slope_H, cfg, segment_ids_BT):
     return ops.lightning_attention(q, k, v, slope_H, impl=cfg.lightning_impl,
                                    block_size=cfg.block_size, segment_ids=segment_ids_BT)
   # B and H split as the rules lay q out (without rules, or when they do not divide:

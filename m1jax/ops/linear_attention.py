@@ -182,6 +182,15 @@ def _resolve_impl(impl: str, inputs: tuple = (), segment_ids=None) -> str:
   return impl
 
 
+def runs_kernel(impl: str, q, k, v, slope, initial_state=None, block_size=None,
+                segment_ids=None) -> bool:
+  """Whether `lightning_attention(..., impl=impl)` on these inputs runs a Pallas kernel on the
+  target platform ("auto" resolved as the operator resolves it). XLA cannot partition a
+  Pallas call, so a caller on a multi-device mesh must put such a call inside a shard_map."""
+  return TABLE[_resolve_impl(impl, (q, k, v, slope, initial_state, block_size),
+                             segment_ids)].is_kernel
+
+
 def _is_int(value) -> bool:
   try:
     operator.index(value)
