@@ -120,6 +120,14 @@ def model_config() -> ml_collections.ConfigDict:
   # "ragged" (jax.lax.ragged_dot), "chunked" (expert-aligned chunks in one batched matmul),
   # "megablox" (TPU Pallas gmm/tgmm); or "dense" (every expert on every token, the reference).
   model.moe_impl = "auto"
+  # Expert parallelism (a mesh with expert > 1, m1jax/layers/moe_ep.py): the token exchange,
+  # "ragged" (dropless ragged_all_to_all; TPU), "padded" (all_to_all with a fixed capacity per
+  # (device, expert), every backend; drops are counted in RouterStats.dropped) or "auto"
+  # (ragged when lowering for TPU, else padded).
+  model.moe_all_to_all = "auto"
+  # Padded exchange: capacity per (device, expert) = factor * local tokens * top_k / experts
+  # (capped at the local tokens, so any factor >= experts / top_k never drops).
+  model.moe_capacity_factor = 2.0
   # Lightning operator, forwarded to m1jax.ops.lightning_attention(impl=...); "auto" picks
   # the kernel for the backend.
   model.lightning_impl = "auto"

@@ -18,6 +18,8 @@ LINEAR_ATTENTION = 0
 FULL_ATTENTION = 1
 # MoE dispatch (m1jax/layers/moe.py; the sorted ones name an m1jax/ops/grouped_matmul.py impl).
 MOE_IMPLS = ("auto", "ragged", "chunked", "megablox", "dense")
+# Token exchange of expert parallelism (m1jax/layers/moe_ep.py).
+MOE_ALL_TO_ALLS = ("auto", "ragged", "padded")
 # Softmax attention implementations (m1jax/ops/attention_impl.py).
 ATTENTION_IMPLS = ("auto", "xla", "blockwise", "cudnn", "splash")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -71,6 +73,13 @@ class ModelConfig:
   # (expert-aligned chunks, one batched matmul), "megablox" (TPU Pallas kernel); or "dense"
   # (every expert on every token: the reference).
   moe_impl: str = "auto"
+  # Expert parallelism (a mesh `expert` axis > 1): "ragged" (dropless ragged_all_to_all, TPU),
+  # "padded" (all_to_all with a fixed capacity per (device, expert); drops are counted) or
+  # "auto" (ragged when lowering for TPU, else padded).
+  moe_all_to_all: str = "auto"
+  # Padded exchange: capacity per (device, expert) = factor * local tokens * top_k / experts,
+  # capped at the local tokens; any factor >= experts / top_k never drops.
+  moe_capacity_factor: float = 2.0
   lightning_impl: str = "auto"      # forwarded to m1jax.ops.lightning_attention(impl=...)
   # Softmax attention: "xla" (fp32 [B,H,T,S] logits), "blockwise" (pure-JAX flash), "cudnn"
   # (GPU), "splash" (TPU), "auto" (splash/cudnn where they fit, else blockwise).
@@ -124,6 +133,12 @@ class ModelConfig:
       fail("remat_policy", f"{self.remat_policy!r} is not a jax.checkpoint_policies name")
     if self.moe_impl not in MOE_IMPLS:
       fail("moe_impl", f"unknown {self.moe_impl!r}; expected one of {MOE_IMPLS}")
+    if self.moe_all_to_all not in MOE_ALL_TO_ALLS:
+      fail("moe_all_to_all", f"unknown {self.moe_all_to_all!r}; expected one of "
+           f"{MOE_ALL_TO_ALLS}")
+    if isinstance(self.moe_capacity_factor, bool) or not (
+        isinstance(self.moe_capacity_factor, (int, float)) and self.moe_capacity_factor > 0):
+      fail("moe_capacity_factor", f"must be a number > 0, got {self.moe_capacity_factor!r}")
     if self.attention_impl not in ATTENTION_IMPLS:
       fail("attention_impl", f"unknown {self.attention_impl!r}; expected one of "
            f"{ATTENTION_IMPLS}")

@@ -8,6 +8,8 @@ Two dispatch paths compute the same function:
     jax.lax.ragged_dot, "auto" the measured-fastest for the platform), unsort, combine;
   * "dense": every expert on every token, then a one-hot-weighted sum. O(E) compute; the
     readable reference the sorted path is tested against.
+When the current mesh splits the experts (an `expert` axis > 1), SparseMoE dispatches with
+expert parallelism instead (m1jax/layers/moe_ep.py); otherwise it runs one of the above.
 The block also returns the per-layer sums the Switch load-balancing loss needs
 (m1jax.losses.load_balancing_loss), so the loss can be formed over all layers jointly, as
 the reference does, without materialising every layer's router logits.
@@ -19,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from m1jax.config import ModelConfig
+from m1jax.layers import moe_ep
 from m1jax.layers import params as lp
 from m1jax.ops import grouped_matmul_chunked as chunked
 from m1jax.ops.grouped_matmul import grouped_matmul, resolve
@@ -34,10 +37,13 @@ class RouterStats(NamedTuple):
   selected_E: how many top-k slots chose each expert (sums to R * tokens).
   prob_E:     sum of the full softmax router probabilities per expert.
   tokens:     number of tokens counted (scalar).
+  dropped:    top-k assignments of counted tokens that no expert computed (int32 scalar):
+              only the padded expert-parallel exchange drops (m1jax/layers/moe_ep.py).
   """
   selected_E: jax.Array
   prob_E: jax.Array
   tokens: jax.Array
+  dropped: jax.Array | int = 0
 
 
 def route(x_NM: jax.Array, router_ME: jax.Array, top_k: int):
@@ -59,7 +65,8 @@ def router_stats(probs_NE: jax.Array, experts_NR: jax.Array,
   return RouterStats(
       selected_E=jnp.einsum("nre,n->e", one_hot_NRE, mask_N),
       prob_E=jnp.einsum("ne,n->e", probs_NE, mask_N),
-      tokens=jnp.sum(mask_N))
+      tokens=jnp.sum(mask_N),
+      dropped=jnp.zeros((), jnp.int32))
 
 
 def swiglu_dense(x_NM, w1_EMF, w3_EMF, w2_EFM, weights_NR, experts_NR):
@@ -137,6 +144,12 @@ class SparseMoE(nn.Module):
     w2 = lp.logical_param(self, "w2", init, (E, F, M), (lp.EXPERTS, lp.MLP, lp.EMBED), pdtype)
     B, T, _ = h_BTM.shape
     h_BTM = lp.constrain(h_BTM, (lp.BATCH, lp.LENGTH, lp.EMBED))
+    if moe_ep.expert_parallel_size() > 1:
+      # Experts split over the mesh: shard_map dispatch (the experts always run grouped).
+      return moe_ep.sparse_moe_ep(h_BTM, token_mask_BT, router, w1, w3, w2,
+                                  top_k=cfg.num_experts_per_tok, dtype=dtype,
+                                  exchange=cfg.moe_all_to_all,
+                                  capacity_factor=cfg.moe_capacity_factor)
     x_NM = h_BTM.reshape(B * T, M)
     probs_NE, weights_NR, experts_NR = route(x_NM, router, cfg.num_experts_per_tok)
     mask_N = None if token_mask_BT is None else token_mask_BT.reshape(B * T)
