@@ -37,9 +37,20 @@ def runnable(platform: str, dtype) -> tuple[str, ...]:
   return ("ragged_dot", "chunked") + (("megablox",) if megablox else ())
 
 
-def resolve(impl: str, dtype, platform: str | None = None) -> str:
+# megablox's TPU tiles: the weight's two matrix dims must be multiples of the 128-lane tile
+# (a 64-wide F fails Pallas TPU lowering), so "auto" takes it only for such weights.
+MEGABLOX_TILE = 128
+
+
+def _tiles(w_shape) -> bool:
+  return w_shape is None or all(d % MEGABLOX_TILE == 0 for d in w_shape[-2:])
+
+
+def resolve(impl: str, dtype, platform: str | None = None, w_shape=None) -> str:
   """The concrete implementation for `impl`; ValueError (naming what can run) when the
-  platform or dtype cannot run it."""
+  platform or dtype cannot run it. `w_shape` ([E, M, F]): megablox needs M and F multiples
+  of 128 to compile for a TPU (interpret mode takes any shape); "auto" falls back to
+  ragged_dot otherwise (fail-closed)."""
   if impl not in GROUPED_MATMUL_IMPLS:
     raise ValueError(f"grouped matmul impl={impl!r} is unknown; valid: "
                      f"{', '.join(GROUPED_MATMUL_IMPLS)}")
@@ -47,6 +58,8 @@ def resolve(impl: str, dtype, platform: str | None = None) -> str:
   can_run = runnable(platform, dtype)
   if impl == "auto":
     choice = AUTO.get(platform, "ragged_dot")
+    if choice == "megablox" and not _tiles(w_shape):
+      return "ragged_dot"
     return choice if choice in can_run else "ragged_dot"
   if impl not in can_run:
     raise ValueError(f"grouped matmul impl={impl!r} cannot run on platform {platform!r} with "
@@ -58,7 +71,7 @@ def resolve(impl: str, dtype, platform: str | None = None) -> str:
 def grouped_matmul(x_AM: jax.Array, w_EMF: jax.Array, group_sizes_E: jax.Array,
                    impl: str = "auto") -> jax.Array:
   """[A, M] x [E, M, F] -> [A, F]; rows past sum(group_sizes) come out zero."""
-  impl = resolve(impl, x_AM.dtype)
+  impl = resolve(impl, x_AM.dtype, w_shape=w_EMF.shape)
   if impl == "megablox":
     return grouped_matmul_megablox(x_AM, w_EMF, group_sizes_E)
   if impl == "chunked":

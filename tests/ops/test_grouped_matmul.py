@@ -166,3 +166,12 @@ def test_auto_is_ragged_dot_lowered_for_cuda(monkeypatch):
   text = jax.jit(_fwd_bwd("auto")).trace(*args).lower(
       lowering_platforms=("cuda",)).as_text()
   assert "ragged_dot" in text
+
+
+def test_auto_takes_megablox_only_for_tile_aligned_weights():
+  """A weight dim off the 128-wide TPU tile (the tiny configs' F = 64) failed Pallas TPU
+  lowering; auto falls back to ragged_dot there (an explicit megablox is still taken: it
+  runs at any shape in interpret mode)."""
+  assert gm.resolve("auto", jnp.float32, "tpu", w_shape=(4, 128, 256)) == "megablox"
+  assert gm.resolve("auto", jnp.float32, "tpu", w_shape=(4, 128, 64)) == "ragged_dot"
+  assert gm.resolve("megablox", jnp.float32, "tpu", w_shape=(4, 64, 128)) == "megablox"
