@@ -42,7 +42,8 @@ ITEMS = "items"
 CHUNK_BYTES = 64 << 20
 # ModelConfig fields a loader may choose freely: precision, implementation, training knobs.
 # Every other field changes the function the weights compute, so it must match.
-FREE_FIELDS = ("dtype", "param_dtype", "lm_head_fp32", "moe_impl", "lightning_impl",
+FREE_FIELDS = ("dtype", "param_dtype", "lm_head_fp32", "moe_impl", "moe_all_to_all",
+               "moe_capacity_factor", "lightning_impl",
                "attention_impl", "scan_layers", "remat", "remat_policy", "block_size", "router_aux_loss_coef",
                "initializer_range", "max_position_embeddings")
 

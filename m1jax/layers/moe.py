@@ -144,7 +144,8 @@ class SparseMoE(nn.Module):
     w2 = lp.logical_param(self, "w2", init, (E, F, M), (lp.EXPERTS, lp.MLP, lp.EMBED), pdtype)
     B, T, _ = h_BTM.shape
     h_BTM = lp.constrain(h_BTM, (lp.BATCH, lp.LENGTH, lp.EMBED))
-    if moe_ep.expert_parallel_size() > 1:
+    # model.init traces 1-row dummies that need not split over the mesh; only shapes matter.
+    if moe_ep.expert_parallel_size() > 1 and not self.is_initializing():
       # Experts split over the mesh: shard_map dispatch (the experts always run grouped).
       return moe_ep.sparse_moe_ep(h_BTM, token_mask_BT, router, w1, w3, w2,
                                   top_k=cfg.num_experts_per_tok, dtype=dtype,
