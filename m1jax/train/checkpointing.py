@@ -19,6 +19,10 @@ from m1jax import sharding
 
 # Sections whose change makes a checkpoint unusable (param shapes, token ids).
 _COMPATIBILITY_KEYS = ("model", "data.tokenizer")
+# Model fields that choose how the same state is computed, not what it holds: a run may
+# resume with others (on a new mesh, e.g. a larger MoE capacity or another kernel).
+_EXECUTION_FIELDS = ("moe_impl", "moe_all_to_all", "moe_capacity_factor", "lightning_impl",
+                     "attention_impl", "remat", "remat_policy")
 # Storage chunks of at most this many bytes, and scanned [L/p, ...] leaves (params and their
 # Adam moments) cut along the layer axis first (and stacked experts along the expert axis),
 # so one layer's (one expert's) slice can be read alone (the streaming HF export,
@@ -73,7 +77,8 @@ class Checkpointer:
     diffs = []
     for key in _COMPATIBILITY_KEYS:
       diffs += [(f"{key}.{k}".rstrip("."), a, b)
-                for k, a, b in _differences(_lookup(saved, key), _lookup(config, key))]
+                for k, a, b in _differences(_lookup(saved, key), _lookup(config, key))
+                if not (key == "model" and k in _EXECUTION_FIELDS)]
     if diffs:
       lines = "; ".join(f"{k}: checkpoint {a!r}, config {b!r}" for k, a, b in diffs[:8])
       raise ValueError(f"workdir checkpoint {self.directory}/{step} was written with an "

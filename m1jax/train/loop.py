@@ -134,7 +134,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   if step == 0 and t.eval_at_start:
     run_eval(0)
-  window_tokens, window_start = 0, time.perf_counter()
+  window_tokens, window_dropped, window_start = 0, 0, time.perf_counter()
   save = lambda at: ckpt.save(at, state, data_iter, config_dict)
   with CheckpointTail(save, every=t.checkpoint_every, last_step=t.num_steps,
                       close=(ckpt.close, writer.close), last_saved=start) as tail:
@@ -150,16 +150,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             f"last good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}. Lower "
             "optimizer.learning_rate or set optimizer.grad_clip_norm.")
       window_tokens += int(metrics["tokens"])
+      window_dropped += int(metrics["moe/dropped"])
       if step % t.log_every == 0 or step == t.num_steps:
         elapsed = time.perf_counter() - window_start
         tokens_per_s = window_tokens / max(elapsed, 1e-9)
         logged = {"loss": loss, "ce_loss": metrics["ce_loss"],
                   "aux_loss": metrics["aux_loss"], "grad_norm": metrics["grad_norm"],
-                  "lr": schedule(step - 1), "tokens_per_s": tokens_per_s}
+                  "lr": schedule(step - 1), "tokens_per_s": tokens_per_s,
+                  # MoE assignments the padded expert-parallel exchange dropped in the window
+                  # (0 unless moe_capacity_factor is below the worst case).
+                  "moe/dropped": window_dropped,
+                  "moe/drop_fraction": window_dropped / max(
+                      window_tokens * model.config.num_experts_per_tok
+                      * model.config.num_hidden_layers, 1)}
         if peak > 0:
           logged["mfu"] = tokens_per_s * flops / peak
         writer.write(step, logged, console=True, prefix="train/")
-        window_tokens, window_start = 0, time.perf_counter()
+        window_tokens, window_dropped, window_start = 0, 0, time.perf_counter()
       if step % t.eval_every == 0 or step == t.num_steps:
         run_eval(step)
       if tail.after_step(step):

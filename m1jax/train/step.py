@@ -24,8 +24,11 @@ __all__ = ["TrainState", "accumulate_gradients", "all_finite", "apply_gradients"
            "microbatches", "predict_step", "train_step"]
 
 
-def _forward(model, params, batch, loss_chunk_tokens: int = DEFAULT_CHUNK):
-  """Returns (CE summed over targets, number of targets, aux loss) for one (micro)batch.
+def _forward(model, params, batch, loss_chunk_tokens: int = DEFAULT_CHUNK,
+             return_dropped: bool = False):
+  """Returns (CE summed over targets, number of targets, aux loss) for one (micro)batch,
+  plus, with `return_dropped`, the MoE assignments the padded expert-parallel exchange
+  dropped (int32, summed over layers; 0 on every other path).
 
   loss_chunk_tokens > 0: the LM head and CE run in chunks of that many positions per row
   (m1jax.chunked_loss), never holding the [B,T,V] fp32 logits; 0: full logits.
@@ -36,11 +39,13 @@ def _forward(model, params, batch, loss_chunk_tokens: int = DEFAULT_CHUNK):
                       segment_ids_BT=batch["segment_ids"], return_hidden=True)
     ce_sum, count = next_token_loss_sum(out.hidden, params["lm_head"], labels, model.config,
                                         chunk_tokens=loss_chunk_tokens)
-    return ce_sum, count, out.aux_loss
-  out = model.apply({"params": params}, batch["tokens"], batch["positions"],
-                    segment_ids_BT=batch["segment_ids"])
-  count = jnp.sum(labels[:, 1:] != IGNORE_INDEX)
-  ce_sum = next_token_loss(out.logits, labels) * jnp.maximum(count, 1)
+  else:
+    out = model.apply({"params": params}, batch["tokens"], batch["positions"],
+                      segment_ids_BT=batch["segment_ids"])
+    count = jnp.sum(labels[:, 1:] != IGNORE_INDEX)
+    ce_sum = next_token_loss(out.logits, labels) * jnp.maximum(count, 1)
+  if return_dropped:
+    return ce_sum, count, out.aux_loss, jnp.sum(jnp.asarray(out.router_stats.dropped, jnp.int32))
   return ce_sum, count, out.aux_loss
 
 
@@ -103,18 +108,25 @@ def train_step(state: TrainState, batch: dict, *, model, tx, accum_steps: int,
 
   def objective(params, mb):
     mb = {k: lp.constrain(v, (lp.BATCH, lp.LENGTH)) for k, v in mb.items()}
-    ce_sum, _, aux = _forward(model, params, mb, loss_chunk_tokens)
-    return ce_sum / total + aux_coef * aux / accum_steps, (ce_sum, aux)
+    ce_sum, _, aux, dropped = _forward(model, params, mb, loss_chunk_tokens,
+                                       return_dropped=True)
+    return ce_sum / total + aux_coef * aux / accum_steps, (ce_sum, aux, dropped)
 
-  grads, (ce_sum, aux_sum) = accumulate_gradients(
+  grads, (ce_sum, aux_sum, dropped) = accumulate_gradients(
       state.params, microbatches(batch, accum_steps), objective,
-      (jnp.float32(0), jnp.float32(0)))
+      (jnp.float32(0), jnp.float32(0), jnp.int32(0)))
   state, grads = apply_gradients(state, grads, tx)
   ce = ce_sum / total
   aux = aux_sum / accum_steps
+  tokens = jnp.sum(batch["segment_ids"] != 0)
+  # Every counted token makes top_k assignments in each layer; the padded expert-parallel
+  # exchange (moe_all_to_all=padded, capacity below the worst case) may drop some.
+  assignments = tokens * model.config.num_experts_per_tok * model.config.num_hidden_layers
   metrics = {"loss": ce + aux_coef * aux, "ce_loss": ce, "aux_loss": aux,
              "grad_norm": optax.tree.norm(grads),
-             "tokens": jnp.sum(batch["segment_ids"] != 0), "targets": total,
+             "moe/dropped": dropped,
+             "moe/drop_fraction": dropped / jnp.maximum(assignments, 1),
+             "tokens": tokens, "targets": total,
              # The loss above was computed before this update.
              "params_finite": all_finite(state.params)}
   return state, metrics

@@ -2,6 +2,7 @@
 `config.mesh` trains with one device's losses, Orbax restores across meshes bit-exactly and
 reads params alone, and bad meshes or checkpoints fail naming the mesh and the dimension."""
 import json
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +26,8 @@ from tests.helpers import tiny_config
 MICRO = dict(vocab_size=128, num_attention_heads=8, num_key_value_heads=4, hidden_size=32,
              head_dim=8, intermediate_size=48, num_local_experts=4)
 MESHES = ["fsdp=8", "data=2,fsdp=4", "fsdp=4,tensor=2", "data=2,tensor=4"]
+# mesh_run trains 3 steps; the resumed run goes on to this step.
+RESUMED_STEPS = 5
 
 
 def _batch(seed=0, rows=8, length=16):
@@ -69,6 +72,9 @@ def _runlocal(mesh, **train):
   # One group of the released 7 lightning + 1 softmax layers, at runlocal widths.
   config = tiny.get_config("layers=8,runlocal")
   config.mesh = mesh
+  # A constant LR (after warmup) does not depend on num_steps, so a run resumed with more
+  # steps continues the same schedule as one device's uninterrupted run.
+  config.optimizer.schedule = "constant"
   t = config.train
   t.log_every, t.eval_batches, t.eval_examples, t.eval_at_start = 1, 0, 0, False
   t.tensorboard = t.plot = False
@@ -92,12 +98,15 @@ def mesh_run(tmp_path_factory):
   return config, workdir
 
 
-def test_config_mesh_trains_with_the_losses_of_one_device(mesh_run):
-  config, workdir = mesh_run
+@pytest.fixture(scope="module")
+def one_device_losses(mesh_run):
+  """The losses of mesh_run's config on one device, for RESUMED_STEPS steps (the first
+  three are mesh_run's; the rest are what a resumed run must continue with)."""
+  config, _ = mesh_run
   t = config.train
   model_config = ModelConfig.from_dict(config.model.to_dict())
   model = MiniMaxM1ForCausalLM(model_config)
-  tx, _ = make_optimizer(config.optimizer, t.num_steps)
+  tx, _ = make_optimizer(config.optimizer, RESUMED_STEPS)
   one = sharding.make_mesh("fsdp=1", jax.devices()[:1])
   shardings = state_shardings(model, tx, one)
   state = init_train_state(model, tx, jax.random.key(t.seed), one, shardings)
@@ -105,11 +114,40 @@ def test_config_mesh_trains_with_the_losses_of_one_device(mesh_run):
                          aux_coef=model_config.router_aux_loss_coef)
   data = iter(packed_dataset(config.data, make_tokenizer(config.data, model_config.vocab_size),
                              seq_len=t.seq_len, batch_size=t.batch_size, seed=t.seed, split=0))
-  expected = []
-  for _ in range(t.num_steps):
+  losses = []
+  for _ in range(RESUMED_STEPS):
     state, metrics = step(state, global_batch(next(data), one))
-    expected.append(float(metrics["loss"]))
-  np.testing.assert_allclose(_losses(workdir), expected, rtol=1e-5)
+    losses.append(float(metrics["loss"]))
+    assert int(metrics["moe/dropped"]) == 0  # one device: nothing is exchanged
+  return losses
+
+
+def test_config_mesh_trains_with_the_losses_of_one_device(mesh_run, one_device_losses):
+  config, workdir = mesh_run
+  np.testing.assert_allclose(_losses(workdir), one_device_losses[:config.train.num_steps],
+                             rtol=1e-5)
+
+
+def test_a_run_resumed_on_another_mesh_continues_exactly(mesh_run, one_device_losses,
+                                                          tmp_path):
+  # mesh_run stopped at step 3 on fsdp=4,tensor=2; the trainer resumes its checkpoint on an
+  # expert-parallel and sequence-parallel mesh, whose padded exchange gets a capacity factor
+  # covering the worst case (an execution field: the checkpoint's config may differ there).
+  _, workdir = mesh_run
+  resumed = str(tmp_path / "resumed")
+  shutil.copytree(workdir, resumed)
+  config = _runlocal("fsdp=2,expert=2,sequence=2", num_steps=RESUMED_STEPS)
+  config.model.moe_all_to_all = "padded"
+  config.model.moe_capacity_factor = (config.model.num_local_experts
+                                      / config.model.num_experts_per_tok)
+  summary = train_and_evaluate(config, resumed)
+  assert summary["step"] == RESUMED_STEPS
+  # The resumed steps' losses continue one device's run (the first three are mesh_run's).
+  np.testing.assert_allclose(_losses(resumed), one_device_losses, rtol=1e-5)
+  lines = [json.loads(l) for l in open(f"{resumed}/metrics.jsonl")]
+  dropped = [l["train/moe/dropped"] for l in lines if "train/moe/dropped" in l]
+  # Logged every step (log_every=1); the exact capacity drops nothing.
+  assert dropped == [0] * RESUMED_STEPS
 
 
 def test_checkpoint_restores_bit_exactly_onto_another_mesh_and_one_device(mesh_run):
