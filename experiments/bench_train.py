@@ -29,8 +29,9 @@ _MESHES = flags.DEFINE_string("meshes", "", "';'-separated mesh specs; 'one' = o
 _OUT = flags.DEFINE_string("out", "benchmarks/results", "output directory")
 
 
-def bench_mesh(config, spec: str, steps: int, warmup: int) -> dict:
-  """Compile + warmup, then `steps` timed steps of `config` on mesh `spec`."""
+def bench_mesh(config, spec: str, steps: int, warmup: int, hlo: bool = False) -> dict:
+  """Compile + warmup, then `steps` timed steps of `config` on mesh `spec`; with `hlo`, the
+  result also holds the compiled train step's text (per-device SPMD program) under "hlo"."""
   import jax
   from m1jax import MiniMaxM1ForCausalLM, ModelConfig, sharding
   from m1jax.train.data import make_tokenizer, packed_dataset
@@ -55,6 +56,11 @@ def bench_mesh(config, spec: str, steps: int, warmup: int) -> dict:
   train_step = make_train_step(model, tx, mesh, shardings, accum_steps=t.grad_accum_steps,
                                aux_coef=model_config.router_aux_loss_coef)
 
+  compiled_text = None
+  if hlo:  # traced under the mesh, as `train_step` does (the model reads it while tracing)
+    with sharding.use_mesh(mesh):
+      compiled_text = train_step.jitted.lower(state, batches[0]).compile().as_text()
+
   def run(n):
     nonlocal state
     tokens = 0
@@ -77,6 +83,8 @@ def bench_mesh(config, spec: str, steps: int, warmup: int) -> dict:
   peak = t.peak_flops_per_device * mesh.size
   if peak > 0 and jax.devices()[0].platform != "cpu":
     result["mfu"] = result["tokens_per_s"] * result["flops_per_token"] / peak
+  if hlo:
+    result["hlo"] = compiled_text
   return result
 
 

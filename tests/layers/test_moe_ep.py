@@ -195,3 +195,20 @@ def test_ragged_exchange_compiles_for_a_tpu_topology():
   ragged = re.compile(r"= \S+ ragged-all-to-all\(")
   assert len(ragged.findall(fwd)) == 2
   assert len(ragged.findall(both.as_text())) == 4
+
+
+@pytest.mark.parametrize("factor", [1.0, 2.0])
+def test_padded_exchange_moves_the_analytic_bytes(reference, factor):
+  # The padded exchange's cost model (experiments/bench_moe_ep.py): forward and backward each
+  # send and return one [E·C, M] buffer per device, C = capacity(local tokens, R, E, factor).
+  from experiments.bench_moe_ep import all_to_all_bytes
+  args = reference[0]
+
+  def loss(*a):
+    return _loss(*moe_ep.sparse_moe_ep(a[0], None, *a[1:], top_k=R, dtype=jnp.float32,
+                                       exchange="padded", capacity_factor=factor))
+
+  with sharding.use_mesh(sharding.make_mesh("fsdp=2,expert=4")):
+    hlo = jax.jit(jax.value_and_grad(loss, argnums=range(5))).lower(*args).compile().as_text()
+  cap = moe_ep.capacity(B * T // 8, R, E, factor)
+  assert all_to_all_bytes(hlo) == (4, 4 * E * cap * M * 4)
