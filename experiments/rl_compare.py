@@ -10,8 +10,9 @@ control runs both at mu = 1, where their gradients are equal.
 
 Headline: steps for each method to reach DAPO's final held-out sampled accuracy (tau = mean
 over seeds of DAPO's accuracy at the last step), linearly interpolated between evals, and
-the per-seed speedup S_DAPO / S_CISPO. Writes <out>.json (after every run, so a cut-short
-run leaves its results) and <out>.png, and each run's metrics.jsonl under --workdir.
+the per-seed speedup S_DAPO / S_CISPO. Writes <out>.json (atomically, after every run, so a
+cut-short run leaves its results; rerunning with the same flags skips the runs it holds) and
+<out>.png, and each run's metrics.jsonl under --workdir.
 """
 import json
 import os
@@ -25,7 +26,7 @@ _SFT = flags.DEFINE_string("sft", "runs/tiny", "SFT trainer workdir (experiments
 _STEPS = flags.DEFINE_integer("steps", 20, "Rollout steps per run.")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of the paired main runs.")
 _LR = flags.DEFINE_float("lr", 1e-4, "Learning rate, the same for every method.")
-_EVAL_EVERY = flags.DEFINE_integer("eval_every", 5, "Rollout steps between held-out evals.")
+_EVAL_EVERY = flags.DEFINE_integer("eval_every", 10, "Rollout steps between held-out evals.")
 _EVAL_EXAMPLES = flags.DEFINE_integer("eval_examples", 64, "Held-out prompts.")
 _EVAL_SAMPLES = flags.DEFINE_integer("eval_samples", 2, "Samples per held-out prompt.")
 _MU = flags.DEFINE_integer("mu", 4, "Minibatch updates per generation batch (main runs).")
@@ -200,8 +201,31 @@ def _plot(results, summary, path):
     ax.legend(fontsize=7)
   axes[3].set_yscale("log")
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  fig.savefig(path + ".tmp", dpi=100, format="png")
+  os.replace(path + ".tmp", path)
   plt.close(fig)
+
+
+def _write_json(path, obj):
+  """Temp file then rename, so a run killed mid-write leaves the previous complete file."""
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=1)
+  os.replace(tmp, path)
+
+
+def _resume(path, protocol):
+  """Finished runs of an earlier invocation with the same protocol; ({}, 0) if none."""
+  if not os.path.exists(path):
+    return {}, 0.0
+  with open(path) as f:
+    old = json.load(f)
+  before = dict(old.get("protocol", {}))
+  wall = before.pop("wall_seconds", 0.0)
+  if before != protocol:
+    raise app.UsageError(f"{path} holds runs of another protocol ({before}); move it away or "
+                         f"pass another --out")
+  return old.get("runs", {}), wall
 
 
 def main(argv):
@@ -231,24 +255,25 @@ def main(argv):
   eval0 = evaluate_policy(base.model, params, base.tokenizer, base.task, base.s, eval_set)
   print(f"SFT checkpoint {_SFT.value}: held-out {eval0} ({time.perf_counter() - t0:.0f}s)",
         flush=True)
-  results = {}
+  protocol = {"sft": _SFT.value, "steps": _STEPS.value, "seeds": seeds, "lr": _LR.value,
+              "G": 8, "prompts_per_step": 8, "mu": _MU.value, "eval_every": _EVAL_EVERY.value,
+              "eval_examples": _EVAL_EXAMPLES.value, "eval_samples": _EVAL_SAMPLES.value}
+  results, wall_before = _resume(_OUT.value + ".json", protocol)
   os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
   started = time.time()
   for name, method, seed, mu, group in plan:
+    if name in results:
+      print(f"== {name}: done in {_OUT.value}.json, skipped", flush=True)
+      continue
     print(f"== {name} (mu={mu})", flush=True)
     config = _config(_SFT.value, method, seed, mu)
     r = _run(name, config, params, eval_set, eval0,
              os.path.join(_WORKDIR.value, name.replace("/", "_")))
     results[name] = {"method": method, "seed": seed, "mu": mu, "group": group, **r}
     summary = _summarise(results)
-    with open(_OUT.value + ".json", "w") as f:
-      json.dump({"protocol": {"sft": _SFT.value, "steps": _STEPS.value, "seeds": seeds,
-                              "lr": _LR.value, "G": 8, "prompts_per_step": 8, "mu": _MU.value,
-                              "eval_every": _EVAL_EVERY.value,
-                              "eval_examples": _EVAL_EXAMPLES.value,
-                              "eval_samples": _EVAL_SAMPLES.value,
-                              "wall_seconds": time.time() - started},
-                 "sft_eval": eval0, "summary": summary, "runs": results}, f, indent=1)
+    protocol["wall_seconds"] = wall_before + time.time() - started
+    _write_json(_OUT.value + ".json", {"protocol": protocol, "sft_eval": eval0,
+                                       "summary": summary, "runs": results})
     _plot(results, summary, _OUT.value + ".png")
   print(json.dumps(_summarise(results), indent=1))
   print(f"wrote {_OUT.value}.json and .png")
