@@ -19,9 +19,7 @@ experiments.bench_train's `bench_mesh`. Writes benchmarks/results/moe_ep_cpu.jso
 then rename).
 """
 import json
-import math
 import os
-import re
 import tempfile
 
 from absl import app
@@ -29,32 +27,12 @@ from absl import flags
 
 from experiments import bench_train
 from m1jax import config_overrides
+from m1jax.hlo_bytes import DTYPE_BYTES, all_to_all_bytes
 
 _DEFAULT_MESHES = ("one;expert=8;fsdp=2,expert=4;fsdp=4,sequence=2;tensor=2,sequence=4;"
                    "data=2,expert=2,tensor=2;fsdp=2,expert=2,sequence=2;fsdp=8")
 _FACTOR = flags.DEFINE_float("capacity_factor", 2.0, "moe_capacity_factor of the padded "
                              "exchange (E/top_k = 4 is exact for 8 experts)")
-
-_BYTES = {"f32": 4, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "s8": 1, "u8": 1, "pred": 1}
-_SHAPE = re.compile(r"(\w+)\[([\d,]*)\]")
-
-
-def all_to_all_bytes(hlo: str, exchange_only: bool = False) -> tuple[int, int]:
-  """(number of all-to-all instructions, their result bytes summed) in a compiled module;
-  `exchange_only`: only those traced from jax.lax.all_to_all (the MoE exchange), not the
-  ones the SPMD partitioner inserts to reshard."""
-  count = total = 0
-  for line in hlo.splitlines():
-    if " all-to-all(" not in line:
-      continue
-    if exchange_only and '/all_to_all"' not in line:
-      continue
-    result = line.split(" all-to-all(")[0].partition("=")[2]
-    count += 1
-    for dtype, dims in _SHAPE.findall(result):
-      total += math.prod(int(d) for d in dims.split(",") if d) * _BYTES[dtype]
-  return count, total
-
 
 def analytic_bytes(model, mesh_axes: dict, batch: int, seq_len: int) -> int:
   """Per-device all-to-all bytes of one train step (no remat), from the padded exchange's
@@ -68,7 +46,7 @@ def analytic_bytes(model, mesh_axes: dict, batch: int, seq_len: int) -> int:
   tokens = (batch // batch_shards) * (seq_len // mesh_axes.get("sequence", 1))
   E, M = model.num_local_experts, model.hidden_size
   cap = capacity(tokens, model.num_experts_per_tok, E, model.moe_capacity_factor)
-  width = _BYTES["bf16" if model.dtype == "bfloat16" else "f32"]
+  width = DTYPE_BYTES["bf16" if model.dtype == "bfloat16" else "f32"]
   return 4 * model.num_hidden_layers * E * cap * M * width
 
 

@@ -14,6 +14,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 from m1jax import sharding
+from m1jax.hlo_bytes import all_to_all_bytes
 from m1jax.layers import moe, moe_ep
 from tests.helpers import tiny_config
 
@@ -201,7 +202,6 @@ def test_ragged_exchange_compiles_for_a_tpu_topology():
 def test_padded_exchange_moves_the_analytic_bytes(reference, factor):
   # The padded exchange's cost model (experiments/bench_moe_ep.py): forward and backward each
   # send and return one [E·C, M] buffer per device, C = capacity(local tokens, R, E, factor).
-  from experiments.bench_moe_ep import all_to_all_bytes
   args = reference[0]
 
   def loss(*a):
