@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 from m1jax.config import ModelConfig
 from m1jax.layers import moe_ep
+from m1jax.layers import moe_gathered
 from m1jax.layers import params as lp
 from m1jax.ops import grouped_matmul_chunked as chunked
 from m1jax.ops.grouped_matmul import grouped_matmul, resolve
@@ -124,6 +125,11 @@ def swiglu(moe_impl: str, x_NM, w1_EMF, w3_EMF, w2_EFM, weights_NR, experts_NR):
   """The dispatch ModelConfig.moe_impl names (m1jax.config.MOE_IMPLS)."""
   if moe_impl == "dense":
     return swiglu_dense(x_NM, w1_EMF, w3_EMF, w2_EFM, weights_NR, experts_NR)
+  # "auto" at a handful of tokens (decode): gather the selected experts' weights instead of
+  # sorting; the explicit impls stay as named (they are the references it is tested against).
+  if moe_impl == "auto" and moe_gathered.use_gathered(x_NM.shape[0], experts_NR.shape[1],
+                                                      w1_EMF.shape[0]):
+    return moe_gathered.swiglu_gathered(x_NM, w1_EMF, w3_EMF, w2_EFM, weights_NR, experts_NR)
   return swiglu_ragged(x_NM, w1_EMF, w3_EMF, w2_EFM, weights_NR, experts_NR,
                        GROUPED_MATMUL_IMPL[moe_impl])
 
