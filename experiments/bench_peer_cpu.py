@@ -28,6 +28,9 @@ count and the JSON records both. `taskset -c 0 python -m experiments.bench_peer_
 single-threaded on one core: on a shared, oversubscribed machine torch's 2-thread OpenMP
 regions stall whenever one of their threads is descheduled (see WORKSPACE_NOTES.md, issue 16),
 so the pinned run is the load-robust comparison.
+Allocator: by default the process re-executes itself with m1jax.cpu_malloc's glibc settings
+(`--malloc=tuned`), which keep freed buffers mapped; `--malloc=system` keeps glibc's defaults.
+Both sides run in the same process, so both get the same allocator; the JSON records it.
 Writes benchmarks/results/peer_cpu.json (atomically) with the load average before and after.
 """
 import os
@@ -47,6 +50,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import m1jax  # noqa: E402
+from m1jax import cpu_malloc  # noqa: E402
 from m1jax.config import ModelConfig  # noqa: E402
 from m1jax.model import MiniMaxM1ForCausalLM, init_params  # noqa: E402
 
@@ -61,6 +65,9 @@ _SKIP_GREEDY = flags.DEFINE_bool("skip_greedy", False, "Leave the greedy point o
 _THREADS = flags.DEFINE_integer("threads", len(os.sched_getaffinity(0)),
                                 "torch threads (default: the cores this process may use; "
                                 "XLA:CPU's pool has one thread per such core).")
+_MALLOC = flags.DEFINE_enum("malloc", "tuned", ["tuned", "system"],
+                            "tuned: re-exec with m1jax.cpu_malloc.SETTINGS (buffers stay "
+                            "mapped between steps); system: glibc's defaults.")
 _MOE = flags.DEFINE_string("moe_impl", None, "ModelConfig.moe_impl (default: the config's).")
 _ATTN = flags.DEFINE_string("attention_impl", None, "ModelConfig.attention_impl override.")
 _BLOCK = flags.DEFINE_integer("block_size", 64, "m1jax's lightning chunk length (any value "
@@ -184,6 +191,8 @@ def _write_json(path: str, payload: dict) -> None:
 
 def main(argv):
   del argv
+  if _MALLOC.value == "tuned":
+    cpu_malloc.reexec_with_settings()
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(_THREADS.value)
@@ -218,6 +227,8 @@ def main(argv):
       "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       "device": (f"{os.cpu_count()}-core CPU (shared, load {load_before[0]:.2f}), this run on "
                  f"{len(os.sched_getaffinity(0))} of its cores"),
+      "malloc": ({k: os.environ.get(k) for k in cpu_malloc.SETTINGS}
+                 if _MALLOC.value == "tuned" else "glibc defaults"),
       "load_avg_before": list(load_before), "load_avg_after": list(os.getloadavg()),
       "threads": {"torch": torch.get_num_threads(),
                   "xla_cpu_pool": len(os.sched_getaffinity(0))},

@@ -25,6 +25,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from m1jax import cpu_malloc  # noqa: E402
 from experiments import bench_peer_cpu  # noqa: E402  (also defines --block_size)
 from experiments.bench_peer_cpu import _cross_entropy, model_config  # noqa: E402
 from m1jax.model import MiniMaxM1ForCausalLM, init_params  # noqa: E402
@@ -35,13 +36,37 @@ _TOP = flags.DEFINE_integer("top", 25, "How many single ops to list.")
 
 
 def _op_names(hlo_text: str) -> dict:
-  """HLO instruction name -> its op_name metadata."""
-  names = {}
+  """HLO instruction name -> its op_name metadata. Instructions without one (the bodies of
+  fusions, while loops and conditionals, e.g. the ynn_fusions inside the blockwise attention
+  loop) inherit the op_name of the instruction that calls their computation, so their time
+  lands in the right layer instead of "?"."""
+  names, computation_of, caller_of = {}, {}, {}
+  computation = None
   for line in hlo_text.splitlines():
-    match = re.match(r'\s*(?:ROOT )?%?([\w.\-]+) = .*?op_name="([^"]+)"', line)
-    if match:
-      names[match.group(1)] = match.group(2)
-  return names
+    header = re.match(r"(?:ENTRY )?%?([\w.\-]+) \(.*\{$", line)
+    if header:
+      computation = header.group(1)
+      continue
+    match = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = ", line)
+    if not match:
+      continue
+    name = match.group(1)
+    computation_of[name] = computation
+    op_name = re.search(r'op_name="([^"]+)"', line)
+    if op_name:
+      names[name] = op_name.group(1)
+    for callee in re.findall(r"(?:calls|body|condition|to_apply|branch_computations|"
+                             r"true_computation|false_computation)=\{?([%\w.\-, ]+)\}?", line):
+      for c in callee.split(","):
+        caller_of.setdefault(c.strip().lstrip("%"), name)
+
+  def resolve(name, depth=0):
+    if name in names or depth > 32:
+      return names.get(name)
+    caller = caller_of.get(computation_of.get(name))
+    return resolve(caller, depth + 1) if caller else None
+
+  return {name: resolve(name) for name in computation_of if resolve(name)}
 
 
 def _group(op_name: str, softmax_layers: set) -> tuple:
@@ -58,6 +83,8 @@ def _group(op_name: str, softmax_layers: set) -> tuple:
 
 def main(argv):
   del argv
+  if bench_peer_cpu._MALLOC.value == "tuned":  # pylint: disable=protected-access
+    cpu_malloc.reexec_with_settings()
   cfg = model_config(block_size=bench_peer_cpu._BLOCK.value)  # pylint: disable=protected-access
   model = MiniMaxM1ForCausalLM(cfg)
   params = init_params(model, jax.random.key(0))
