@@ -87,14 +87,22 @@ class LightningAttention(nn.Module):
     w_out = lp.logical_param(self, "out_proj", init, (H, D, M),
                              (lp.HEADS, lp.HEAD_DIM, lp.EMBED), pdtype)
     h = h_BTM.astype(dtype)
-    # The 3 axis is {q, k, v} within each head. One matmul per projection rather than one
-    # [M, H*3*D] matmul sliced afterwards: the slices' backward rebuilt a strided
-    # [B,T,H,3,D] cotangent that cost XLA:CPU more than the matmuls (WORKSPACE_NOTES.md,
-    # issue 16); the weight slices are small and each output is the same dot product.
+    # The 3 axis is {q, k, v} within each head; splitting it copies either the weight or
+    # the activations, and we copy the smaller. Many tokens (prefill, training): one matmul
+    # per projection on a weight slice, because slicing the [B,T,H,3,D] product made its
+    # backward rebuild a strided cotangent that cost XLA:CPU more than the matmuls. Fewer
+    # tokens than M (decode): one matmul on the whole weight, then slice the tiny product;
+    # the weight slices were ~1.5 ms of each 3.7 ms CPU decode step (WORKSPACE_NOTES.md,
+    # issue 16). Either way each output element is the same dot product.
     w_qkv_MH3D = w_qkv.astype(dtype).reshape(M, H, 3, D)
-    q, k, v = (lp.constrain(jax.nn.silu(jnp.einsum("btm,mhd->bthd", h, w_qkv_MH3D[:, :, i])),
-                            (lp.BATCH, lp.LENGTH, lp.HEADS, lp.HEAD_DIM))
-               for i in range(3))
+    B, T = h_BTM.shape[:2]
+    if B * T < M:
+      qkv_BTH3D = jnp.einsum("btm,mhcd->bthcd", h, w_qkv_MH3D)
+      qkv = (qkv_BTH3D[:, :, :, i] for i in range(3))
+    else:
+      qkv = (jnp.einsum("btm,mhd->bthd", h, w_qkv_MH3D[:, :, i]) for i in range(3))
+    q, k, v = (lp.constrain(jax.nn.silu(x), (lp.BATCH, lp.LENGTH, lp.HEADS, lp.HEAD_DIM))
+               for x in qkv)
     if token_mask_BT is not None:
       keep_BT11 = token_mask_BT[:, :, None, None].astype(k.dtype)
       k, v = k * keep_BT11, v * keep_BT11

@@ -26,13 +26,19 @@ def swiglu_gathered(x_NM, w1_EMF, w3_EMF, w2_EFM, weights_NR, experts_NR):
     raise ValueError(f"experts_NR {experts_NR.shape} and weights_NR {weights_NR.shape} must "
                      f"both be [N, R] with N = x_NM.shape[0] = {x_NM.shape[0]}")
   dtype = x_NM.dtype
+  # One gather per routing slot r, each [N, M, F] in the weights' own layout: a plain copy
+  # of whole expert matrices feeding a batched mat-vec. Gathering all R at once as
+  # [N, R, M, F] made XLA:CPU re-lay the weights out as [M, R*F] for one wider mat-vec, a
+  # transposing copy that cost ~25% of a CPU decode step (WORKSPACE_NOTES.md, issue 16).
   # Gather first, cast after: only the selected matrices are converted.
-  w1_NRMF = w1_EMF[experts_NR].astype(dtype)
-  w3_NRMF = w3_EMF[experts_NR].astype(dtype)
-  w2_NRFM = w2_EFM[experts_NR].astype(dtype)
-  gate_NRF = jnp.einsum("nm,nrmf->nrf", x_NM, w1_NRMF)
-  up_NRF = jnp.einsum("nm,nrmf->nrf", x_NM, w3_NRMF)
-  y_NRM = jnp.einsum("nrf,nrfm->nrm", jax.nn.silu(gate_NRF) * up_NRF, w2_NRFM)
+  y_NRM = []
+  for r in range(experts_NR.shape[1]):
+    e_N = experts_NR[:, r]
+    gate_NF = jnp.einsum("nm,nmf->nf", x_NM, w1_EMF[e_N].astype(dtype))
+    up_NF = jnp.einsum("nm,nmf->nf", x_NM, w3_EMF[e_N].astype(dtype))
+    y_NRM.append(jnp.einsum("nf,nfm->nm", jax.nn.silu(gate_NF) * up_NF,
+                            w2_EFM[e_N].astype(dtype)))
+  y_NRM = jnp.stack(y_NRM, axis=1)
   # Combine in float32 like the other dispatches (fp32 router weights).
   return jnp.einsum("nr,nrm->nm", weights_NR, y_NRM,
                     preferred_element_type=jnp.float32).astype(dtype)
