@@ -27,9 +27,10 @@ def test_table_lists_every_implementation_and_only_verified_status_enables_auto(
   assert verified == {("pallas_tpu", "tpu")}
 
 
-@pytest.mark.parametrize("backend, expected", [("cpu", "chunked"), ("gpu", "chunked"),
-                                               ("cuda", "chunked"), ("tpu", "pallas_tpu")])
-def test_auto_is_fail_closed_per_platform(monkeypatch, backend, expected):
+@pytest.mark.parametrize("backend, expected, fallback", [
+    ("cpu", "chunked_parallel", "chunked_parallel"), ("gpu", "chunked", "chunked"),
+    ("cuda", "chunked", "chunked"), ("tpu", "pallas_tpu", "chunked")])
+def test_auto_is_fail_closed_per_platform(monkeypatch, backend, expected, fallback):
   monkeypatch.setattr(jax, "default_backend", lambda: backend)
   q, k, v, slope = _inputs()
   seg = jnp.ones(q.shape[:2], jnp.int32)
@@ -37,9 +38,9 @@ def test_auto_is_fail_closed_per_platform(monkeypatch, backend, expected):
   assert la._resolve_impl("auto", (q, k, v, slope, None, None), seg) == expected
   # Inputs the kernels' tests do not cover never reach a kernel.
   q32 = q[..., :32]
-  assert la._resolve_impl("auto", (q32, q32, q32, slope, None, None)) == "chunked"
+  assert la._resolve_impl("auto", (q32, q32, q32, slope, None, None)) == fallback
   q16 = q.astype(jnp.float16)
-  assert la._resolve_impl("auto", (q16, q16, q16, slope, None, None)) == "chunked"
+  assert la._resolve_impl("auto", (q16, q16, q16, slope, None, None)) == fallback
 
 
 def test_explicit_kernel_that_cannot_run_here_says_why(monkeypatch):
@@ -66,4 +67,4 @@ def test_choice_is_logged_once_per_shape(caplog):
     lightning_attention(q2, k2, v2, slope, impl="auto", block_size=4)
   lines = [r.getMessage() for r in caplog.records if r.name == "m1jax.ops"]
   assert len(lines) == 2, lines
-  assert "impl='auto' -> chunked" in lines[0] and "(1, 7, 2, 64)" in lines[0]
+  assert "impl='auto' -> chunked_parallel for" in lines[0] and "(1, 7, 2, 64)" in lines[0]

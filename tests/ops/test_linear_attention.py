@@ -19,7 +19,7 @@ from tests.assertions import assert_close
 
 B, H, D = 2, 3, 16
 BLOCK = 16
-IMPLS = ("naive", "recurrent", "chunked")
+IMPLS = ("naive", "recurrent", "chunked", "chunked_parallel")
 # 1 token, one short of a block, one past a block, several blocks.
 SEQ_LENS = (1, BLOCK - 1, BLOCK + 1, 4 * BLOCK)
 DTYPES = (jnp.float32, jnp.bfloat16)
@@ -217,19 +217,20 @@ def test_extreme_slopes_are_finite_and_agree(t, block_size):
       assert_close(g, ref_g, name=f"{impl} {name}")  # also fails on any inf/NaN
 
 
+@pytest.mark.parametrize("impl", ["chunked", "chunked_parallel"])
 @pytest.mark.parametrize("block_size", [1, 5, 16, 36, 37, 38, 256],
                          ids=lambda c: f"C{c}")
-def test_chunked_any_block_size(block_size):
+def test_chunked_any_block_size(block_size, impl):
   t = 37  # prime: no block size but 1 and 37 divides it
   q, k, v, state = _inputs(t, jnp.float32)
   slope = _slopes(H)
   cot_out, cot_state = _cotangents(t, jnp.float32)
   ref_out, ref_final = _forward(q, k, v, slope, state, impl="naive")
-  out, final = _forward(q, k, v, slope, state, impl="chunked", block_size=block_size)
+  out, final = _forward(q, k, v, slope, state, impl=impl, block_size=block_size)
   assert_close(out, ref_out, name="out")
   assert_close(final, ref_final, name="final_state")
   ref_grads = _vjp(q, k, v, slope, state, cot_out, cot_state, impl="naive")
-  grads = _vjp(q, k, v, slope, state, cot_out, cot_state, impl="chunked",
+  grads = _vjp(q, k, v, slope, state, cot_out, cot_state, impl=impl,
                block_size=block_size)
   for name, g, ref_g in zip(_GRAD_NAMES, grads, ref_grads):
     assert_close(g, ref_g, name=name)
