@@ -11,7 +11,8 @@ storing every chunk's probabilities as a differentiated scan would.
 Masking is the XLA path's, position based: a key is visible when its position is <= the
 query's (and its segment equals the query's). A chunk pair in which no key is visible to any
 query (above the causal diagonal, another document, empty or padded cache slots) is skipped
-with lax.cond: half the work of a causal T x T attention.
+with lax.switch: half the work of a causal T x T attention; a pair in which every query sees
+every key skips the mask.
 
 A query that sees no key at all (a padding token) gets what the XLA path gives it: the
 softmax of all-equal logits, i.e. the mean of V over every key, and the matching gradient
@@ -35,6 +36,11 @@ _QUERY_PAD = int(jnp.iinfo(jnp.int32).min)
 DEFAULT_BLOCK_Q = 256
 DEFAULT_BLOCK_K = 256
 
+# Chunk-pair modes (_pair_modes_ZW), the lax.switch branch index. FULL pairs (below the
+# causal diagonal of one document: 120 of the 136 needed pairs at T 4096) drop the
+# visibility mask, ~25% of the per-pair elementwise passes (WORKSPACE_NOTES.md, issue 16).
+SKIP, MASKED, FULL = 0, 1, 2
+
 
 def _chunk(x, size: int, pad_value, axis: int = 1):
   """Pads axis `axis` to a multiple of `size` and splits it into [n, size] (n leading)."""
@@ -53,38 +59,41 @@ def _visible(q_pos_BC, q_seg_BC, k_pos_BU, k_seg_BU):
   return vis_BCU[:, None, :, None, :]
 
 
-def _logits(q_BKCGD, k_BKUD, vis, scale):
-  s = jnp.einsum("bkcgd,bkud->bkcgu", q_BKCGD, k_BKUD,
-                 preferred_element_type=jnp.float32) * scale
-  return jnp.where(vis, s, _NEG)
-
-
-def _needed_ZW(q_pos_ZBC, q_seg_ZBC, k_pos_WBU, k_seg_WBU):
-  """[Z,W] bool: chunk pairs in which some query may see some key (a conservative test on
-  per-chunk position and segment ranges, so a skipped pair is exactly all-invisible)."""
-  q_max = jnp.max(q_pos_ZBC, axis=-1)[:, None]                # [Z,1,B]
-  k_min = jnp.min(k_pos_WBU, axis=-1)[None]                   # [1,W,B]
+def _pair_modes_ZW(q_pos_ZBC, q_seg_ZBC, k_pos_WBU, k_seg_WBU):
+  """[Z,W] int32 per chunk pair: SKIP (no query may see any key), MASKED (some may) or FULL
+  (every query sees every key: all keys at or before every query's position, one segment
+  on both sides, so the mask would be all true and is left out). Both tests are
+  conservative on per-chunk position and segment ranges, so SKIP is exactly all-invisible
+  and FULL exactly all-visible; padded keys (huge positions) and padded queries (tiny
+  ones) never make a pair FULL."""
+  q_min, q_max = (f(q_pos_ZBC, axis=-1)[:, None] for f in (jnp.min, jnp.max))  # [Z,1,B]
+  k_min, k_max = (f(k_pos_WBU, axis=-1)[None] for f in (jnp.min, jnp.max))      # [1,W,B]
   qs_lo, qs_hi = (f(q_seg_ZBC, axis=-1)[:, None] for f in (jnp.min, jnp.max))
   ks_lo, ks_hi = (f(k_seg_WBU, axis=-1)[None] for f in (jnp.min, jnp.max))
-  return jnp.any((k_min <= q_max) & (ks_lo <= qs_hi) & (qs_lo <= ks_hi), axis=-1)
+  needed = jnp.any((k_min <= q_max) & (ks_lo <= qs_hi) & (qs_lo <= ks_hi), axis=-1)
+  full = jnp.all((k_max <= q_min) & (qs_lo == qs_hi) & (ks_lo == ks_hi) & (qs_lo == ks_lo),
+                 axis=-1)
+  return jnp.where(full, FULL, jnp.where(needed, MASKED, SKIP)).astype(jnp.int32)
 
 
 def _forward_stats(q_ZBKCGD, k_WBKUD, v_WBKUD, q_pos_ZBC, q_seg_ZBC, k_pos_WBU, k_seg_WBU,
-                   needed_ZW, scale):
+                   mode_ZW, scale):
   """Online softmax over key chunks: (m, l [Z,B,K,C,G], acc [Z,B,K,C,G,D]) fp32, where
   acc / l is the attention output of rows that see a key and m stays _NEG for rows that
   see none."""
   _, B, K, C, G, D = q_ZBKCGD.shape
 
   def per_query_chunk(xs):
-    q, q_pos, q_seg, needed_W = xs
+    q, q_pos, q_seg, mode_W = xs
 
     def per_key_chunk(carry, ys):
-      k, v, k_pos, k_seg, needed = ys
+      k, v, k_pos, k_seg, mode = ys
 
-      def attend(carry):
+      def attend(carry, masked: bool):
         m, l, acc = carry
-        s = _logits(q, k, _visible(q_pos, q_seg, k_pos, k_seg), scale)
+        s = jnp.einsum("bkcgd,bkud->bkcgu", q, k, preferred_element_type=jnp.float32) * scale
+        if masked:
+          s = jnp.where(_visible(q_pos, q_seg, k_pos, k_seg), s, _NEG)
         m_new = jnp.maximum(m, jnp.max(s, axis=-1))
         correction = jnp.exp(m - m_new)
         p = jnp.exp(s - m_new[..., None])
@@ -93,15 +102,17 @@ def _forward_stats(q_ZBKCGD, k_WBKUD, v_WBKUD, q_pos_ZBC, q_seg_ZBC, k_pos_WBU, 
                         preferred_element_type=jnp.float32)
         return m_new, l, acc * correction[..., None] + pv
 
-      return jax.lax.cond(needed, attend, lambda c: c, carry), None
+      branches = (lambda c: c, functools.partial(attend, masked=True),
+                  functools.partial(attend, masked=False))
+      return jax.lax.switch(mode, branches, carry), None
 
     init = (jnp.full((B, K, C, G), _NEG, jnp.float32), jnp.zeros((B, K, C, G), jnp.float32),
             jnp.zeros((B, K, C, G, D), jnp.float32))
     out, _ = jax.lax.scan(per_key_chunk, init, (k_WBKUD, v_WBKUD, k_pos_WBU, k_seg_WBU,
-                                                 needed_W))
+                                                 mode_W))
     return out
 
-  return jax.lax.map(per_query_chunk, (q_ZBKCGD, q_pos_ZBC, q_seg_ZBC, needed_ZW))
+  return jax.lax.map(per_query_chunk, (q_ZBKCGD, q_pos_ZBC, q_seg_ZBC, mode_ZW))
 
 
 def _dot_operand(x):
@@ -120,35 +131,35 @@ def _finish(m, l, acc, dtype):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(8,))
-def _flash(q_ZBKCGD, k_WBKUD, v_WBKUD, q_pos_ZBC, q_seg_ZBC, k_pos_WBU, k_seg_WBU, needed_ZW,
+def _flash(q_ZBKCGD, k_WBKUD, v_WBKUD, q_pos_ZBC, q_seg_ZBC, k_pos_WBU, k_seg_WBU, mode_ZW,
            scale):
   stats = _forward_stats(q_ZBKCGD, k_WBKUD, v_WBKUD, q_pos_ZBC, q_seg_ZBC, k_pos_WBU,
-                         k_seg_WBU, needed_ZW, scale)
+                         k_seg_WBU, mode_ZW, scale)
   return _finish(*stats, q_ZBKCGD.dtype)
 
 
-def _flash_fwd(q, k, v, q_pos, q_seg, k_pos, k_seg, needed, scale):
-  o, lse = _flash(q, k, v, q_pos, q_seg, k_pos, k_seg, needed, scale)
-  return (o, lse), (q, k, v, q_pos, q_seg, k_pos, k_seg, needed, o, lse)
+def _flash_fwd(q, k, v, q_pos, q_seg, k_pos, k_seg, mode, scale):
+  o, lse = _flash(q, k, v, q_pos, q_seg, k_pos, k_seg, mode, scale)
+  return (o, lse), (q, k, v, q_pos, q_seg, k_pos, k_seg, mode, o, lse)
 
 
 def _flash_bwd(scale, res, cotangents):
   """Flash-attention backward: per key chunk, a pass over the query chunks recomputes
   p = exp(s - lse) and accumulates dK, dV for the key chunk and dQ for each query chunk.
   The lse output is a by-product for the caller's dead-row test; its cotangent is ignored."""
-  q_Z, k_W, v_W, q_pos_Z, q_seg_Z, k_pos_W, k_seg_W, needed_ZW, o_Z, lse_Z = res
+  q_Z, k_W, v_W, q_pos_Z, q_seg_Z, k_pos_W, k_seg_W, mode_ZW, o_Z, lse_Z = res
   do_Z = cotangents[0]
   # sum_u p_u dp_u = dO . O (the softmax-backward row term), once per query row.
   delta_Z = jnp.sum(do_Z.astype(jnp.float32) * o_Z.astype(jnp.float32), axis=-1)
   _, B, K, U, D = k_W.shape
 
   def per_key_chunk(dq_Z, ys):
-    k, v, k_pos, k_seg, needed_Z = ys
+    k, v, k_pos, k_seg, mode_Z = ys
 
     def per_query_chunk(carry, xs):
-      q, do, lse, delta, q_pos, q_seg, needed = xs
+      q, do, lse, delta, q_pos, q_seg, mode = xs
 
-      def grads(_):
+      def grads(masked: bool):
         # Key-major [.., U, C, G] tiles: every big operand of the four products below is
         # then already in a matmul's natural layout. Query-major tiles made XLA:CPU copy-
         # transpose p and ds ([U, C*G] each) per chunk pair for dV, dK and dQ, which cost
@@ -157,9 +168,11 @@ def _flash_bwd(scale, res, cotangents):
         # element type for DotThunk"); there the operands, rounded to the input dtype as
         # elsewhere, go up to float32 (a bf16 product is exact in float32).
         q_, k_, v_, do_ = (_dot_operand(x) for x in (q, k, v, do))
-        vis_T = jnp.moveaxis(_visible(q_pos, q_seg, k_pos, k_seg), -1, 2)  # [B,1,U,C,1]
         s_T = jnp.einsum("bkud,bkcgd->bkucg", k_, q_, preferred_element_type=jnp.float32)
-        s_T = jnp.where(vis_T, s_T * scale, _NEG)
+        s_T = s_T * scale
+        if masked:
+          vis_T = jnp.moveaxis(_visible(q_pos, q_seg, k_pos, k_seg), -1, 2)  # [B,1,U,C,1]
+          s_T = jnp.where(vis_T, s_T, _NEG)
         p_T = jnp.exp(s_T - lse[:, :, None])
         dv = jnp.einsum("bkucg,bkcgd->bkud", _dot_operand(p_T.astype(do.dtype)), do_,
                         preferred_element_type=jnp.float32)
@@ -174,22 +187,23 @@ def _flash_bwd(scale, res, cotangents):
                         preferred_element_type=jnp.float32)
         return dq, dk, dv
 
-      def skip(_):
+      def skip():
         return (jnp.zeros(q.shape, jnp.float32), jnp.zeros((B, K, U, D), jnp.float32),
                 jnp.zeros((B, K, U, D), jnp.float32))
 
-      dq, dk, dv = jax.lax.cond(needed, grads, skip, None)
+      dq, dk, dv = jax.lax.switch(mode, (skip, functools.partial(grads, masked=True),
+                                         functools.partial(grads, masked=False)))
       return (carry[0] + dk, carry[1] + dv), dq
 
     zeros = jnp.zeros((B, K, U, D), jnp.float32)
     (dk, dv), dq_chunks = jax.lax.scan(
         per_query_chunk, (zeros, zeros),
-        (q_Z, do_Z, lse_Z, delta_Z, q_pos_Z, q_seg_Z, needed_Z))
+        (q_Z, do_Z, lse_Z, delta_Z, q_pos_Z, q_seg_Z, mode_Z))
     return dq_Z + dq_chunks, (dk, dv)
 
   dq_Z, (dk_W, dv_W) = jax.lax.scan(
       per_key_chunk, jnp.zeros(q_Z.shape, jnp.float32),
-      (k_W, v_W, k_pos_W, k_seg_W, needed_ZW.T))
+      (k_W, v_W, k_pos_W, k_seg_W, mode_ZW.T))
   return (dq_Z.astype(q_Z.dtype), dk_W.astype(k_W.dtype), dv_W.astype(v_W.dtype),
           None, None, None, None, None)
 
@@ -249,9 +263,9 @@ def blockwise_gqa_attention(q_BTHD: jax.Array, k_BSKD: jax.Array, v_BSKD: jax.Ar
                           q_segment_ids_BT.astype(jnp.int32), K, block_q)
   k_parts = _key_chunks(k_BSKD, v_BSKD, k_positions_BS.astype(jnp.int32),
                         k_segment_ids_BS.astype(jnp.int32), block_k)
-  needed_ZW = _needed_ZW(q_parts[1], q_parts[2], k_parts[2], k_parts[3])
+  mode_ZW = _pair_modes_ZW(q_parts[1], q_parts[2], k_parts[2], k_parts[3])
   o_Z, lse_Z = _flash(q_parts[0], k_parts[0], k_parts[1], q_parts[1], q_parts[2], k_parts[2],
-                      k_parts[3], needed_ZW, D**-0.5)
+                      k_parts[3], mode_ZW, D**-0.5)
   o_BTHD = _unchunk_queries(o_Z, T)
   dead_BTH = _unchunk_queries(jnp.isinf(lse_Z)[..., None], T)[..., 0]
   return _with_dead_rows(o_BTHD, dead_BTH, _mean_values_BKD(v_BSKD))
@@ -276,9 +290,9 @@ def blockwise_cached_gqa_attention(q_BTHD: jax.Array, k_cache_BSKD: jax.Array,
                     (k_new_BTKD, v_new_BTKD, new_positions_BT)):
     k_W, v_W, k_pos_W, k_seg_W = _key_chunks(k, v, pos.astype(jnp.int32),
                                              jnp.zeros(pos.shape, jnp.int32), block_k)
-    needed_ZW = _needed_ZW(q_pos_ZBC, q_seg_ZBC, k_pos_W, k_seg_W)
+    mode_ZW = _pair_modes_ZW(q_pos_ZBC, q_seg_ZBC, k_pos_W, k_seg_W)
     stats.append(_forward_stats(q_ZBKCGD, k_W, v_W, q_pos_ZBC, q_seg_ZBC, k_pos_W, k_seg_W,
-                                needed_ZW, D**-0.5))
+                                mode_ZW, D**-0.5))
   (m1, l1, acc1), (m2, l2, acc2) = stats
   # Merge the two partial softmaxes under their common max (rows dead in both keep _NEG).
   m = jnp.maximum(m1, m2)

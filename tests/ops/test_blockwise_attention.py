@@ -8,6 +8,7 @@ import pytest
 from m1jax.layers.cache_info import EMPTY_POSITION
 from m1jax.layers.softmax_attention import causal_gqa_attention, cached_gqa_attention
 from m1jax.ops import attention_impl
+from m1jax.ops import blockwise_attention as bw
 from m1jax.ops.blockwise_attention import (blockwise_cached_gqa_attention,
                                            blockwise_gqa_attention)
 from tests.assertions import assert_close
@@ -76,6 +77,36 @@ def test_blockwise_matches_xla_forward_and_gradient(kind, heads, dtype):
   for name, a, e in zip("qkv", g_got, g_expect):
     assert a.dtype == e.dtype, name
     assert_close(a, e, dtype=DTYPE_NAME[dtype], name=f"d{name}")
+
+
+@pytest.mark.parametrize("kind", ["plain", "left_padding", "packed"])
+def test_chunk_pair_modes_are_exact_about_skip_and_full(kind):
+  """A SKIP pair has no visible (query, key), a FULL pair only visible ones (the branch
+  that leaves the mask out relies on it); on plain causal rows the range test is exact, so
+  every other pair is MASKED."""
+  pos, kpos, seg = _masks(kind)
+  seg = jnp.zeros((B, T), jnp.int32) if seg is None else seg
+  q_parts = bw._query_chunks(jnp.zeros((B, T, 4, D)), pos, seg, 2, BLOCKS["block_q"])
+  k_parts = bw._key_chunks(jnp.zeros((B, T, 2, D)), jnp.zeros((B, T, 2, D)), kpos, seg,
+                           BLOCKS["block_k"])
+  modes = np.asarray(bw._pair_modes_ZW(q_parts[1], q_parts[2], k_parts[2], k_parts[3]))
+  q_pos, q_seg, k_pos, k_seg = (np.asarray(x) for x in (*q_parts[1:], *k_parts[2:]))
+  counts = {bw.SKIP: 0, bw.MASKED: 0, bw.FULL: 0}
+  for z in range(modes.shape[0]):
+    for w in range(modes.shape[1]):
+      vis = ((k_pos[w][:, None, :] <= q_pos[z][:, :, None])
+             & (k_seg[w][:, None, :] == q_seg[z][:, :, None]))
+      counts[int(modes[z, w])] += 1
+      if modes[z, w] == bw.SKIP:
+        assert not vis.any(), (z, w)
+      elif modes[z, w] == bw.FULL:
+        assert vis.all(), (z, w)
+      elif kind == "plain":
+        assert vis.any() and not vis.all(), (z, w)
+  # The plain rows reach all three branches (so the forward/gradient test above runs the
+  # maskless one); padded and packed rows at this size have no all-visible pair.
+  if kind == "plain":
+    assert counts[bw.FULL] > 0 and counts[bw.SKIP] > 0 and counts[bw.MASKED] > 0, counts
 
 
 def test_blockwise_skips_invisible_chunk_pairs_and_keeps_memory_linear():
