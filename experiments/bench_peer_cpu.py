@@ -112,12 +112,16 @@ def _check_logits(model, params, hf, T: int = 300) -> dict:
 
 
 def _alternate(ours, theirs, repeats: int) -> dict:
-  """Warm-up, then `repeats` rounds of (ours, theirs); medians and torch/ours. With one
-  repeat (the long points) torch's warm-up is left out: eager torch compiles nothing, and a
-  warm-up there costs as much as the timed run."""
-  ours()
-  if repeats > 1:
-    theirs()
+  """Warm-up, then `repeats` rounds of (ours, theirs); medians and torch/ours. Two warm-up
+  rounds: the first compiles ours; in the second each side meets the other's allocations
+  once (the heap grows to the pair's joint peak; a first timed m1jax run after a torch run
+  took 1.5-4x its steady time doing that). With one repeat (the long points) torch's
+  warm-up is left out: eager torch compiles nothing, and a warm-up there costs as much as
+  the timed run."""
+  for _ in range(2 if repeats > 1 else 1):
+    ours()
+    if repeats > 1:
+      theirs()
   times = {"m1jax": [], "torch": []}
   for _ in range(repeats):
     for name, fn in (("m1jax", ours), ("torch", theirs)):
