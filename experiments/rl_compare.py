@@ -31,7 +31,7 @@ _EVAL_EXAMPLES = flags.DEFINE_integer("eval_examples", 64, "Held-out prompts.")
 _EVAL_SAMPLES = flags.DEFINE_integer("eval_samples", 2, "Samples per held-out prompt.")
 _MU = flags.DEFINE_integer("mu", 4, "Minibatch updates per generation batch (main runs).")
 _EXTRAS = flags.DEFINE_list("extras", ["null", "cispo_eps4", "grpo"],
-                            "Controls after the main runs (seed 0): null (mu=1 DAPO and "
+                            "Controls after the main runs (first seed): null (mu=1 DAPO and "
                             "CISPO), cispo_eps4, grpo.")
 _OUT = flags.DEFINE_string("out", "benchmarks/results/rl_compare", "Output path stem.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/rl_compare", "Per-run metrics.jsonl here.")
@@ -246,7 +246,7 @@ def main(argv):
     if extra == "null":
       continue
     elif extra in _SPECS:
-      plan.append((f"{extra}/s0", extra, 0, _MU.value, "extra"))
+      plan.append((f"{extra}/s{seeds[0]}", extra, seeds[0], _MU.value, "extra"))
     else:
       raise app.UsageError(f"--extras: unknown {extra!r}")
   base = RLRun(_config(_SFT.value, "cispo", 0, _MU.value), None, verbose=False)
