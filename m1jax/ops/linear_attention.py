@@ -13,7 +13,7 @@ Implementations (`IMPLEMENTATIONS`, one explicit table below):
                    (linear_attention_chunked.py; prefill, training, and the fallback).
   "chunked_parallel": the same blocks with no scan: the state entering every block in
                    closed form, all blocks as batched einsums (linear_attention_parallel.py;
-                   packed documents run "chunked"). The CPU fallback: measured faster there.
+                   packed documents run "chunked"). auto's CPU choice where measured faster.
   "pallas_tpu":    the Pallas Mosaic TPU kernels (pallas_kernels/lightning_tpu.py).
   "pallas_gpu":    the Pallas Mosaic GPU kernels (pallas_kernels/lightning_gpu.py).
   "pallas_triton": the Pallas-Triton GPU kernels (pallas_kernels/lightning_triton.py).
@@ -23,8 +23,9 @@ first use, so `import m1jax` never loads Pallas.
 "auto" is fail-closed: it picks a kernel only where the table's `status` for the target
 platform is VERIFIED (the kernel compiled for that hardware and passed the numerics tests;
 evidence in WORKSPACE_NOTES.md, "Issue 12") and only for inputs its tests cover
-(`_kernel_supported`); otherwise `FALLBACK[platform]` ("chunked_parallel" on CPU, "chunked"
-elsewhere). The choice is logged once per shape at INFO.
+(`_kernel_supported`); otherwise `_fallback` ("chunked_parallel" on CPU for blocks of at most
+128 and T of at least two blocks, else "chunked"). The choice is logged once per shape at
+INFO.
 """
 import dataclasses
 import importlib
@@ -118,12 +119,24 @@ TABLE: dict[str, Implementation] = {
 IMPLEMENTATIONS: dict[str, Callable[..., tuple[Array, Array]]] = {
     name: entry.run for name, entry in TABLE.items()}
 
-# "auto" tries these, in order of preference, before falling back to FALLBACK.
+# "auto" tries these, in order of preference, before falling back to `_fallback`.
 AUTO_ORDER = ("pallas_tpu", "pallas_triton", "pallas_gpu")
-# Pure-JAX choice of "auto" where no kernel applies. CPU: chunked_parallel, measured 1.9x
-# (forward) and 1.5x (forward+backward) faster than the scan at T 4096, H 8, D 32, C 64
-# (WORKSPACE_NOTES.md, issue 16). Elsewhere unmeasured, so the scan stays.
-FALLBACK = {"cpu": "chunked_parallel"}
+# Pure-JAX choice of "auto" where no kernel applies (`_fallback`). On CPU chunked_parallel
+# beat the scan with blocks of at most 128 and at least two full blocks (T 4096, C 64: 1.3x
+# forward, 1.5x forward+backward; T 256, C 128: 1.3x); with one block (T <= C) or blocks of
+# 256 the scan was as fast or faster (T 4096, C 256: forward 19 vs 27 ms), so it stays there
+# (WORKSPACE_NOTES.md, issue 16). Elsewhere unmeasured: the scan.
+PARALLEL_MAX_BLOCK = 128
+
+
+def _fallback(platform: str, inputs: tuple) -> str:
+  """"chunked_parallel" or "chunked" for `inputs` = (q, k, v, slope, state, block_size)."""
+  if platform != "cpu" or len(inputs) < 6 or jnp.ndim(inputs[0]) != 4:
+    return "chunked"
+  block = DEFAULT_BLOCK_SIZE if inputs[5] is None else inputs[5]
+  if block <= PARALLEL_MAX_BLOCK and inputs[0].shape[1] >= 2 * block:
+    return "chunked_parallel"
+  return "chunked"
 
 
 def _platform() -> str:
@@ -173,7 +186,7 @@ def _log_choice(name: str, impl: str, q, segment_ids) -> None:
 
 def _resolve_impl(impl: str, inputs: tuple = (), segment_ids=None) -> str:
   """Maps "auto" to a VERIFIED kernel that covers `inputs` on the target platform, else
-  the platform's FALLBACK; checks that an explicit name exists and can run on this platform."""
+  `_fallback`'s pure-JAX choice; checks that an explicit name exists and can run on this platform."""
   if impl == "auto":
     platform = _platform()
     for name in AUTO_ORDER:
@@ -181,7 +194,7 @@ def _resolve_impl(impl: str, inputs: tuple = (), segment_ids=None) -> str:
       if (inputs and entry.status.get(platform) == VERIFIED
           and _kernel_supported(entry, *inputs, segment_ids)):
         return name
-    return FALLBACK.get(platform, "chunked")
+    return _fallback(platform, inputs)
   if impl not in TABLE:
     valid = ", ".join(repr(name) for name in ["auto", *sorted(TABLE)])
     raise ValueError(f"lightning_attention: unknown impl={impl!r}; valid values: {valid}.")

@@ -19,6 +19,13 @@ from m1jax.ops.linear_attention_reference import span_forward, zero_state
 DEFAULT_BLOCK_SIZE = 256
 
 
+def block_length(block_size, t: int) -> int:
+  """The block length C used for T tokens: block_size (default 256), at most T, at least 1."""
+  block = DEFAULT_BLOCK_SIZE if block_size is None else block_size
+  # A block longer than T is just T; max(1, .) keeps T = 0 from dividing by zero.
+  return max(1, min(operator.index(block), t))
+
+
 def chunked(q_BTHD, k_BTHD, v_BTHD, slope_H, state_BHDD, block_size, run_BT=None):
   """Scan over full blocks of C tokens carrying the fp32 state, then one short tail block.
 
@@ -27,9 +34,7 @@ def chunked(q_BTHD, k_BTHD, v_BTHD, slope_H, state_BHDD, block_size, run_BT=None
   the final state. run_BT: None (one document per row) or `document_runs` of segment ids.
   """
   b, t, h, d = q_BTHD.shape
-  block = DEFAULT_BLOCK_SIZE if block_size is None else block_size
-  # A block longer than T is just T; max(1, .) keeps T = 0 from dividing by zero.
-  block = max(1, min(operator.index(block), t))
+  block = block_length(block_size, t)
   num_full = t // block
   full_len = num_full * block
   segmented = run_BT is not None

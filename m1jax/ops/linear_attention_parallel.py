@@ -13,7 +13,8 @@ small ops (64 steps of [B,64,H,D] tiles per layer at T 4096, C 64) that use one 
 and pay per-step overhead, forward and (worse) backward; the batched form keeps both cores
 busy. It stores [Z,H,D,D] states (Z = T/C), T*C*H scores and needs no extra FLOPs worth
 noting (the Z x Z decay product is Z^2 H D^2, under 1% of the projections at the benchmark's
-sizes), so it is the CPU choice of "auto"; measured in WORKSPACE_NOTES.md (issue 16).
+sizes). "auto" takes it on CPU where it measured faster than the scan (blocks <= 128, at
+least two of them; linear_attention._fallback, WORKSPACE_NOTES.md issue 16).
 
 Every exponent is -s * n with n >= 0 (masked entries clamped, then zeroed with `where`), as
 in linear_attention_reference, so neither direction meets exp overflow or inf * 0.
@@ -24,11 +25,9 @@ Packed documents (run_BT given) reset the state inside blocks; that case runs th
 Dimension alphabet (docs/MODEL.md §2): B batch, T time, H heads, D (and J) head dim, C block
 length (and S, a second block position), Z blocks (and Y, a second block index).
 """
-import operator
-
 import jax.numpy as jnp
 
-from m1jax.ops.linear_attention_chunked import DEFAULT_BLOCK_SIZE, chunked
+from m1jax.ops.linear_attention_chunked import block_length, chunked
 from m1jax.ops.linear_attention_reference import (_causal_decay, _matmul, _scale_rows,
                                                   span_forward)
 
@@ -55,8 +54,7 @@ def chunked_parallel(q_BTHD, k_BTHD, v_BTHD, slope_H, state_BHDD, block_size, ru
   if run_BT is not None:
     return chunked(q_BTHD, k_BTHD, v_BTHD, slope_H, state_BHDD, block_size, run_BT)
   b, t, h, d = q_BTHD.shape
-  block = DEFAULT_BLOCK_SIZE if block_size is None else block_size
-  block = max(1, min(operator.index(block), t))
+  block = block_length(block_size, t)
   num_blocks = t // block
   full_len = num_blocks * block
   dtype = q_BTHD.dtype

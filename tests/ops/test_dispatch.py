@@ -27,10 +27,9 @@ def test_table_lists_every_implementation_and_only_verified_status_enables_auto(
   assert verified == {("pallas_tpu", "tpu")}
 
 
-@pytest.mark.parametrize("backend, expected, fallback", [
-    ("cpu", "chunked_parallel", "chunked_parallel"), ("gpu", "chunked", "chunked"),
-    ("cuda", "chunked", "chunked"), ("tpu", "pallas_tpu", "chunked")])
-def test_auto_is_fail_closed_per_platform(monkeypatch, backend, expected, fallback):
+@pytest.mark.parametrize("backend, expected", [("cpu", "chunked"), ("gpu", "chunked"),
+                                               ("cuda", "chunked"), ("tpu", "pallas_tpu")])
+def test_auto_is_fail_closed_per_platform(monkeypatch, backend, expected):
   monkeypatch.setattr(jax, "default_backend", lambda: backend)
   q, k, v, slope = _inputs()
   seg = jnp.ones(q.shape[:2], jnp.int32)
@@ -38,9 +37,24 @@ def test_auto_is_fail_closed_per_platform(monkeypatch, backend, expected, fallba
   assert la._resolve_impl("auto", (q, k, v, slope, None, None), seg) == expected
   # Inputs the kernels' tests do not cover never reach a kernel.
   q32 = q[..., :32]
-  assert la._resolve_impl("auto", (q32, q32, q32, slope, None, None)) == fallback
+  assert la._resolve_impl("auto", (q32, q32, q32, slope, None, None)) == "chunked"
   q16 = q.astype(jnp.float16)
-  assert la._resolve_impl("auto", (q16, q16, q16, slope, None, None)) == fallback
+  assert la._resolve_impl("auto", (q16, q16, q16, slope, None, None)) == "chunked"
+
+
+@pytest.mark.parametrize("backend, t, block_size, expected", [
+    ("cpu", 256, 64, "chunked_parallel"), ("cpu", 256, 128, "chunked_parallel"),
+    ("cpu", 255, 128, "chunked"),     # under two full blocks
+    ("cpu", 64, 64, "chunked"),       # one block: the scan measured faster
+    ("cpu", 4096, 256, "chunked"),    # blocks of 256: the scan measured as fast or faster
+    ("cpu", 4096, None, "chunked"),   # None is the default block of 256
+    ("gpu", 4096, 64, "chunked"),     # unmeasured off CPU
+])
+def test_auto_pure_jax_choice_follows_the_measured_cpu_rule(monkeypatch, backend, t,
+                                                           block_size, expected):
+  monkeypatch.setattr(jax, "default_backend", lambda: backend)
+  q, k, v, slope = _inputs(t=t, d=32)
+  assert la._resolve_impl("auto", (q, k, v, slope, None, block_size)) == expected
 
 
 def test_explicit_kernel_that_cannot_run_here_says_why(monkeypatch):
@@ -67,4 +81,4 @@ def test_choice_is_logged_once_per_shape(caplog):
     lightning_attention(q2, k2, v2, slope, impl="auto", block_size=4)
   lines = [r.getMessage() for r in caplog.records if r.name == "m1jax.ops"]
   assert len(lines) == 2, lines
-  assert "impl='auto' -> chunked_parallel for" in lines[0] and "(1, 7, 2, 64)" in lines[0]
+  assert "impl='auto' -> chunked for" in lines[0] and "(1, 7, 2, 64)" in lines[0]

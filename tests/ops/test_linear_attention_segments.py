@@ -14,7 +14,7 @@ from m1jax.ops import lightning_attention
 from tests.assertions import assert_close
 
 H, D, BLOCK = 2, 8, 8
-IMPLS = ("naive", "recurrent", "chunked")
+IMPLS = ("naive", "recurrent", "chunked", "chunked_parallel")
 # Document lengths per row: crossing block edges, a 1-token doc, trailing padding (id 0).
 ROWS = ([5, 11, 1, 3], [20])
 T = 20

@@ -97,10 +97,10 @@ def test_compiled_kernel_takes_bfloat16_only():
                                                       interpret=False), q, k, v, slope, state)
 
 
-def test_operator_routes_pallas_gpu_to_the_kernel_and_auto_to_the_xla_path_on_cpu(monkeypatch):
+def test_operator_routes_pallas_gpu_to_the_kernel_and_auto_to_chunked_on_cpu(monkeypatch):
   q, k, v, slope, state = check_operator_routes(monkeypatch, lightning_gpu, "pallas_gpu")
   if not _ON_GPU:
-    assert la._resolve_impl("auto", (q, k, v, slope, state, BLOCK)) == la.FALLBACK["cpu"]
+    assert la._resolve_impl("auto", (q, k, v, slope, state, BLOCK)) == "chunked"
 
 
 @pytest.mark.parametrize("backend", ["gpu", "cuda"])

@@ -96,9 +96,9 @@ def test_operator_routes_pallas_tpu_to_the_kernel_and_auto_to_chunked_on_cpu(mon
   assert_close(out, ref_out, name="out")
   assert_close(final, ref_final, name="final_state")
   # On CPU "auto" must not pick the kernel, and never fails on shapes the kernel rejects.
-  assert la._resolve_impl("auto", (q, k, v, slope, state, BLOCK)) == la.FALLBACK["cpu"]
+  assert la._resolve_impl("auto", (q, k, v, slope, state, BLOCK)) == "chunked"
   q16 = q[..., :16]
-  assert la._resolve_impl("auto", (q16, q16, q16, slope, None, BLOCK)) == la.FALLBACK["cpu"]
+  assert la._resolve_impl("auto", (q16, q16, q16, slope, None, BLOCK)) == "chunked"
 
 
 @pytest.mark.no_kernel
